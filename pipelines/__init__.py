@@ -1,0 +1,1 @@
+"""Pipelines: the CLI, the end-to-end runner and the demo."""

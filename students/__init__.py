@@ -1,0 +1,19 @@
+"""KAN students: the layer, the network, the symbol library and their persistence.
+
+This package imports none of kandistill's other packages.
+"""
+
+from students.kan import KAN, EdgeValues, KANConfig, sparsity_penalty
+from students.layer import KANLayer
+from students.symbols import DEFAULT_SYMBOLS, Symbol, SymbolLibrary
+
+__all__ = [
+    "DEFAULT_SYMBOLS",
+    "KAN",
+    "EdgeValues",
+    "KANConfig",
+    "KANLayer",
+    "Symbol",
+    "SymbolLibrary",
+    "sparsity_penalty",
+]

@@ -1,0 +1,1 @@
+"""Teachers: models that answer inputs -> outputs, with a fingerprint."""
