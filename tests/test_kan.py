@@ -63,7 +63,7 @@ def test_layer_gradcheck_float64_inputs_and_parameters():
     params = tuple(getattr(layer, n).detach().clone().requires_grad_() for n in names)
 
     def fn(x, *ps):
-        return torch.func.functional_call(layer, dict(zip(names, ps)), (x,))
+        return torch.func.functional_call(layer, dict(zip(names, ps, strict=True)), (x,))
 
     assert torch.autograd.gradcheck(fn, (x, *params))
 

@@ -29,7 +29,7 @@ def model() -> KAN:
 def test_round_trip_is_exact(model, tmp_path):
     model.save_pretrained(tmp_path / "student", provenance={"teacher": "abc123"})
     loaded = KAN.from_pretrained(tmp_path / "student")
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert torch.equal(loaded(inputs()), model(inputs()))
     assert loaded.config == model.config and loaded.width == [3, 4, 2] and loaded.config.grid == 8
@@ -102,7 +102,7 @@ def test_nan_weights_are_refused(model, tmp_path):
     tensors = safetensors.torch.load_file(tmp_path / WEIGHTS_NAME)
     tensors["layers.1.coef"][0, 0, 0, 0] = float("nan")
     safetensors.torch.save_file(tensors, tmp_path / WEIGHTS_NAME)
-    with pytest.raises(ValueError, match="'layers.1.coef' holds NaN"):
+    with pytest.raises(ValueError, match=r"'layers.1.coef' holds NaN"):
         KAN.from_pretrained(tmp_path)
 
 
