@@ -30,6 +30,7 @@ class FitConfig:
     grid_update_until: int = 50
     grid_uniform_fraction: float = 0.02
     progress: bool = False
+    description: str = "fit"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("lbfgs", "adam"):
@@ -83,7 +84,7 @@ def fit_kan(model: KAN, x: torch.Tensor, y: torch.Tensor, config: FitConfig | No
         loss_fn.mse = mse.item()
         return loss
 
-    for step in tqdm(range(config.steps), disable=not config.progress, desc="fit"):
+    for step in tqdm(range(config.steps), disable=not config.progress, desc=config.description, leave=False):
         if config.grid_update_every and step % config.grid_update_every == 0 and step < config.grid_update_until:
             model.update_grid(x, config.grid_uniform_fraction)
         optimizer.step(loss_fn)
