@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.interpolate import BSpline
 
 from students.splines import (
@@ -82,3 +84,21 @@ def test_fit_coefficients_recovers_a_spline():
     basis = uniform_basis(x, grid, 3)[:, 0]
     coef = torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(fit_coefficients(basis, basis @ coef), coef, atol=1e-6, rtol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lo=st.floats(-5, 5),
+    width=st.floats(0.1, 10),
+    n_intervals=st.integers(1, 12),
+    order=st.integers(1, 5),
+    fractions=st.lists(st.floats(0, 0.999), min_size=1, max_size=20),
+)
+def test_basis_is_a_nonnegative_partition_of_unity(lo, width, n_intervals, order, fractions):
+    grid = uniform_grid(torch.tensor([lo], dtype=torch.float64), torch.tensor([lo + width], dtype=torch.float64),
+                        n_intervals, order)  # fmt: skip
+    x = lo + torch.tensor(fractions, dtype=torch.float64)[:, None] * width
+    basis = uniform_basis(x, grid, order)
+    assert (basis >= -1e-12).all()
+    torch.testing.assert_close(basis.sum(-1), torch.ones_like(x), atol=1e-9, rtol=0)
+    torch.testing.assert_close(basis, cox_de_boor_basis(x, grid, order), atol=1e-9, rtol=0)
