@@ -52,7 +52,7 @@ def _make_optimizer(model: KAN, config: FitConfig) -> torch.optim.Optimizer:
             model.parameters(), lr=config.lr, history_size=10, line_search_fn="strong_wolfe",
             tolerance_grad=1e-32, tolerance_change=1e-32,
         )  # fmt: skip
-    return torch.optim.Adam(model.parameters(), lr=config.lr)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
 
 
 def fit_kan(model: KAN, x: torch.Tensor, y: torch.Tensor, config: FitConfig | None = None) -> FitHistory:

@@ -12,10 +12,14 @@ What it measures, side by side in one run (float32, ``torch.set_num_threads(2)``
   KAN (eager and compiled) against an MLP of the same widths (``nn.Linear`` + SiLU), and of an
   ensemble of 16 such KANs (input ``(16, 1024, 8)``) against one.
 
-Each time is the median of ``--repeats`` samples taken after a warm-up; the compared variants'
-samples are interleaved (in a rotating order) so that machine noise hits them alike, and each
-sample averages enough calls to last about 20 ms. On CUDA the device is synchronised before every
-clock read. The compile time depends on the state of the inductor cache (a second run is faster).
+Timing: each variant is warmed up, then ``--repeats`` rounds each take one sample of every
+compared variant, in a rotating order; a sample averages enough calls to last about 20 ms
+(``time.perf_counter``; on CUDA the device is synchronised before every clock read). A time is the
+median of its samples (the table also shows the minimum). A ratio is the median over rounds of
+the ratio within each round, whose samples are a few ms apart: on a noisy machine, whose speed
+drifts over seconds, that is far more stable than a ratio of medians (so it can differ a little
+from the ratio of the printed times). ``compile_s`` is measured with whatever inductor cache the
+machine has: a cold cache (the first run on a machine) makes it several times longer.
 
 Run from the repository root (pykan is a benchmark-only requirement, never a project one)::
 
@@ -57,6 +61,11 @@ TARGETS = {  # ratio key: (comparison, bound, what the ratio is)
     "small_vs_mlp": ("<=", 3.0, "KAN step / MLP step"),
     "ensemble16_vs_one": ("<=", 4.0, "ensemble-16 step / one student's step"),
 }
+LAYER = ("layer_eager", "layer_compiled")  # the variants of one KAN, each reported at its best
+SMALL = ("small_eager", "small_compiled")
+ENSEMBLE16 = ("ensemble16_eager", "ensemble16_compiled")
+
+Samples = dict[str, list[float]]  # ms per call of each variant, one entry per round, rounds aligned
 
 
 def sync(device: torch.device) -> None:
@@ -73,28 +82,40 @@ def ms_per_call(fn: Callable[[], object], calls: int, device: torch.device) -> f
     return (time.perf_counter() - start) * 1e3 / calls
 
 
-def compare(
+def interleaved(
     variants: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 3
-) -> dict[str, float]:
-    """Median ms per call of each variant, with the variants' samples interleaved."""
+) -> Samples:
+    """``repeats`` rounds; each round takes one sample of every variant, in a rotating order."""
     calls = {}
     for name, fn in variants.items():
-        for _ in range(warmup):
-            fn()
-        single = statistics.median(ms_per_call(fn, 1, device) for _ in range(3))
+        single = min([ms_per_call(fn, 1, device) for _ in range(warmup)][1:])
         calls[name] = max(1, math.ceil(SAMPLE_MS / max(single, 1e-3)))
     names = list(variants)
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples: Samples = {name: [] for name in names}
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             samples[name].append(ms_per_call(variants[name], calls[name], device))
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
 
 
-def first_call_s(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds of the first call (for a compiled variant: its compile)."""
-    return ms_per_call(fn, 1, device) / 1e3
+def median_ms(samples: Samples, *names: str) -> float | None:
+    """The median time of the fastest of ``names`` (those that ran); None if none ran."""
+    medians = [statistics.median(samples[n]) for n in names if n in samples]
+    return min(medians) if medians else None
+
+
+def paired_ratio(samples: Samples, numerator: tuple[str, ...], denominator: tuple[str, ...]) -> float | None:
+    """Median over rounds of (fastest of ``numerator``) / (fastest of ``denominator``) within the round.
+
+    Both sides of each ratio come from the same round, a few ms apart, so a slowdown of the machine
+    that outlasts a round cancels out; a ratio of medians would not be as stable.
+    """
+    num, den = [n for n in numerator if n in samples], [n for n in denominator if n in samples]
+    if not num or not den:
+        return None
+    rounds = zip(*(samples[n] for n in num), *(samples[n] for n in den), strict=True)
+    return statistics.median(min(r[: len(num)]) / min(r[len(num) :]) for r in rounds)
 
 
 def fwd_bwd(
@@ -110,7 +131,7 @@ def fwd_bwd(
 
 
 def adam_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # same for every variant
 
     def step() -> None:
         optimizer.zero_grad()
@@ -136,19 +157,20 @@ def load_pykan_layer() -> type[nn.Module] | None:
 def try_compiled(name: str, fn: Callable[[], None], device: torch.device) -> float | None:
     """Seconds of ``fn``'s first call (which compiles it), or None, with a note, if compiling fails."""
     try:
-        return first_call_s(fn, device)
+        return ms_per_call(fn, 1, device) / 1e3
     except Exception as error:
         print(f"NOTE: {name} failed ({type(error).__name__}: {error}); reported as null.", file=sys.stderr)
         return None
 
 
-def bench_layer(device: torch.device, repeats: int) -> dict[str, float | None]:
+def bench_layer(device: torch.device, repeats: int) -> tuple[Samples, float | None]:
+    """Forward+backward of one layer: samples of every variant, and the compiled layer's first-call seconds."""
     torch.manual_seed(0)
     x = torch.rand(1, LAYER_BATCH, DIM, device=device).mul_(2).sub_(1).requires_grad_()
-    eager = KANLayer(DIM, DIM, GRID, ORDER).to(device)
+    grad_out = torch.randn(LAYER_BATCH, DIM, device=device)
     floor = nn.Linear(DIM * (GRID + ORDER + 1), DIM).to(device)
     floor_x = torch.randn(LAYER_BATCH, DIM * (GRID + ORDER + 1), device=device, requires_grad=True)
-    grad_out = torch.randn(LAYER_BATCH, DIM, device=device)
+    eager = KANLayer(DIM, DIM, GRID, ORDER).to(device)
     variants: dict[str, Callable[[], object]] = {
         "gemm_floor": fwd_bwd(floor, floor, floor_x, grad_out),
         "layer_eager": fwd_bwd(eager, eager, x, grad_out[None]),
@@ -158,20 +180,16 @@ def bench_layer(device: torch.device, repeats: int) -> dict[str, float | None]:
     compile_s = try_compiled("the compiled layer", compiled_fwd_bwd, device)
     if compile_s is not None:
         variants["layer_compiled"] = compiled_fwd_bwd
-
     pykan_layer = load_pykan_layer()
     if pykan_layer is not None:
         theirs = pykan_layer(in_dim=DIM, out_dim=DIM, num=GRID, k=ORDER, device=str(device))
-        x2 = x.detach()[0].clone().requires_grad_()
-        variants["pykan"] = fwd_bwd(lambda t: theirs(t)[0], theirs, x2, grad_out)
-
-    ms: dict[str, float | None] = {"layer_compiled": None, "pykan": None}
-    ms.update(compare(variants, repeats, device))
-    ms["compile_s"] = compile_s
-    return ms
+        x_2d = x.detach()[0].clone().requires_grad_()
+        variants["pykan"] = fwd_bwd(lambda t: theirs(t)[0], theirs, x_2d, grad_out)
+    return interleaved(variants, repeats, device), compile_s
 
 
-def bench_steps(device: torch.device, repeats: int) -> dict[str, float | None]:
+def bench_steps(device: torch.device, repeats: int) -> tuple[Samples, dict[str, float | None]]:
+    """Adam steps: samples of every variant, and each compiled variant's first-call seconds."""
     torch.manual_seed(0)
     x = torch.rand(STEP_BATCH, WIDTH[0], device=device).mul_(2).sub_(1)
     y = torch.randn(STEP_BATCH, WIDTH[-1], device=device)
@@ -190,104 +208,100 @@ def bench_steps(device: torch.device, repeats: int) -> dict[str, float | None]:
         "small_eager": adam_step(kan(1, False), x, y),
         "ensemble16_eager": adam_step(kan(ENSEMBLE, False), xe, ye),
     }
-    ms: dict[str, float | None] = {"small_compiled": None, "ensemble16_compiled": None}
+    first_call: dict[str, float | None] = {}
     for name, ensemble, inputs, targets in (("small", 1, x, y), ("ensemble16", ENSEMBLE, xe, ye)):
         step = adam_step(kan(ensemble, True), inputs, targets)
-        seconds = try_compiled(f"the compiled {name} KAN", step, device)
-        if seconds is not None:
+        first_call[name] = try_compiled(f"the compiled {name} KAN", step, device)
+        if first_call[name] is not None:
             variants[f"{name}_compiled"] = step
-            ms[f"{name}_compiled_first_call_s"] = seconds
-    ms.update(compare(variants, repeats, device))
-    return ms
+    return interleaved(variants, repeats, device), first_call
 
 
-def best(*values: float | None) -> float | None:
-    present = [v for v in values if v is not None]
-    return min(present) if present else None
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a / b
-
-
-def meets(key: str, value: float | None) -> str:
+def verdict(key: str, value: float | None) -> str:
     if value is None:
         return "n/a"
     op, bound, _ = TARGETS[key]
-    ok = value <= bound if op == "<=" else value >= bound
-    return "ok" if ok else "MISSED"
+    return "ok" if (value <= bound if op == "<=" else value >= bound) else "MISSED"
 
 
-def fmt(value: float | None, spec: str = ".3f", suffix: str = "") -> str:
-    return "null" if value is None else f"{value:{spec}}{suffix}"
+def fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "null" if value is None else format(value, spec) + suffix
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--repeats", type=int, default=30, help="timing samples per variant (default 30)")
+    parser.add_argument("--repeats", type=int, default=30, help="timing rounds (default 30)")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
     torch.set_num_threads(THREADS)
 
-    layer = bench_layer(device, args.repeats)
-    steps = bench_steps(device, args.repeats)
+    layer_samples, compile_s = bench_layer(device, args.repeats)
+    step_samples, first_call = bench_steps(device, args.repeats)
+    samples = {**layer_samples, **step_samples}
 
     result: dict[str, object] = {
         "device": str(device),
         "torch": torch.__version__,
         "threads": THREADS,
         "repeats": args.repeats,
-        "layer_fwd_bwd_ms": best(layer["layer_eager"], layer["layer_compiled"]),
-        "layer_eager_fwd_bwd_ms": layer["layer_eager"],
-        "layer_compiled_fwd_bwd_ms": layer["layer_compiled"],
-        "compile_s": layer["compile_s"],
-        "gemm_floor_fwd_bwd_ms": layer["gemm_floor"],
-        "pykan_fwd_bwd_ms": layer["pykan"],
-        "small_step_ms": best(steps["small_eager"], steps["small_compiled"]),
-        "small_eager_step_ms": steps["small_eager"],
-        "small_compiled_step_ms": steps["small_compiled"],
-        "mlp_small_step_ms": steps["mlp"],
-        "ensemble16_step_ms": best(steps["ensemble16_eager"], steps["ensemble16_compiled"]),
-        "ensemble16_eager_step_ms": steps["ensemble16_eager"],
-        "ensemble16_compiled_step_ms": steps["ensemble16_compiled"],
-        "small_compiled_first_call_s": steps.get("small_compiled_first_call_s"),
-        "ensemble16_compiled_first_call_s": steps.get("ensemble16_compiled_first_call_s"),
+        "layer_fwd_bwd_ms": median_ms(samples, *LAYER),
+        "layer_eager_fwd_bwd_ms": median_ms(samples, "layer_eager"),
+        "layer_compiled_fwd_bwd_ms": median_ms(samples, "layer_compiled"),
+        "compile_s": compile_s,
+        "gemm_floor_fwd_bwd_ms": median_ms(samples, "gemm_floor"),
+        "pykan_fwd_bwd_ms": median_ms(samples, "pykan"),
+        "small_step_ms": median_ms(samples, *SMALL),
+        "small_eager_step_ms": median_ms(samples, "small_eager"),
+        "small_compiled_step_ms": median_ms(samples, "small_compiled"),
+        "mlp_small_step_ms": median_ms(samples, "mlp"),
+        "ensemble16_step_ms": median_ms(samples, *ENSEMBLE16),
+        "ensemble16_eager_step_ms": median_ms(samples, "ensemble16_eager"),
+        "ensemble16_compiled_step_ms": median_ms(samples, "ensemble16_compiled"),
+        "small_compiled_first_call_s": first_call["small"],
+        "ensemble16_compiled_first_call_s": first_call["ensemble16"],
+        "layer_vs_floor": paired_ratio(samples, LAYER, ("gemm_floor",)),
+        "pykan_vs_layer": paired_ratio(samples, ("pykan",), LAYER),
+        "small_vs_mlp": paired_ratio(samples, SMALL, ("mlp",)),
+        "ensemble16_vs_one": paired_ratio(samples, ENSEMBLE16, SMALL),
     }
-    result["layer_vs_floor"] = ratio(result["layer_fwd_bwd_ms"], result["gemm_floor_fwd_bwd_ms"])
-    result["pykan_vs_layer"] = ratio(result["pykan_fwd_bwd_ms"], result["layer_fwd_bwd_ms"])
-    result["small_vs_mlp"] = ratio(result["small_step_ms"], result["mlp_small_step_ms"])
-    result["ensemble16_vs_one"] = ratio(result["ensemble16_step_ms"], result["small_step_ms"])
-    result["targets_met"] = {key: meets(key, result[key]) == "ok" for key in TARGETS if result[key] is not None}
+    result["targets_met"] = {key: verdict(key, result[key]) == "ok" for key in TARGETS if result[key] is not None}
 
-    floor, mlp, one = layer["gemm_floor"], steps["mlp"], result["small_step_ms"]
     rows = [
-        (f"layer {DIM}->{DIM} G={GRID} k={ORDER} batch {LAYER_BATCH}, fwd+bwd", None, None, ""),
-        ("  GEMM floor nn.Linear(576, 64)", floor, floor, "floor"),
-        ("  KANLayer eager", layer["layer_eager"], floor, "floor"),
-        ("  KANLayer compiled_basis", layer["layer_compiled"], floor, "floor"),
-        ("  pykan 0.2.8 KANLayer", layer["pykan"], floor, "floor"),
-        (f"Adam step {WIDTH}, batch {STEP_BATCH}", None, None, ""),
-        ("  MLP (Linear + SiLU)", mlp, mlp, "MLP"),
-        ("  KAN eager", steps["small_eager"], mlp, "MLP"),
-        ("  KAN compiled_basis", steps["small_compiled"], mlp, "MLP"),
-        (f"  KAN ensemble {ENSEMBLE} eager", steps["ensemble16_eager"], one, "one student"),
-        (f"  KAN ensemble {ENSEMBLE} compiled_basis", steps["ensemble16_compiled"], one, "one student"),
+        (f"layer {DIM}->{DIM}, G={GRID}, k={ORDER}, batch {LAYER_BATCH}: forward+backward", None, ()),
+        (f"  GEMM floor nn.Linear({DIM * (GRID + ORDER + 1)}, {DIM})", "gemm_floor", ("gemm_floor",)),
+        ("  KANLayer eager", "layer_eager", ("gemm_floor",)),
+        ("  KANLayer compiled_basis", "layer_compiled", ("gemm_floor",)),
+        ("  pykan 0.2.8 KANLayer", "pykan", ("gemm_floor",)),
+        (f"Adam step, width {WIDTH}, batch {STEP_BATCH}", None, ()),
+        ("  MLP (nn.Linear + SiLU)", "mlp", ("mlp",)),
+        ("  KAN eager", "small_eager", ("mlp",)),
+        ("  KAN compiled_basis", "small_compiled", ("mlp",)),
+        (f"  KAN ensemble of {ENSEMBLE}, eager", "ensemble16_eager", SMALL),
+        (f"  KAN ensemble of {ENSEMBLE}, compiled_basis", "ensemble16_compiled", SMALL),
     ]
-    print(f"\ndevice {device}, torch {torch.__version__}, {THREADS} threads, median of {args.repeats} samples\n")
-    print(f"{'variant':<48} {'ms':>10}  ratio")
-    for label, value, ref, ref_name in rows:
-        if ref_name == "":
+    reference = {("gemm_floor",): "floor", ("mlp",): "MLP", SMALL: "one student (best)"}
+    print(f"\n{device}, torch {torch.__version__}, {THREADS} threads, {args.repeats} interleaved rounds")
+    print("ratio: median over rounds of the per-round ratio (see the module docstring)\n")
+    print(f"{'variant':<52} {'median ms':>10} {'min ms':>10}  ratio")
+    for label, name, ref in rows:
+        if name is None:
             print(label)
-        else:
-            print(f"{label:<48} {fmt(value, '10.3f'):>10}  {fmt(ratio(value, ref), '.2f', 'x')} {ref_name}")
-    print(f"\ncompile (first fwd+bwd of the compiled layer): {fmt(layer['compile_s'], '.2f', ' s')}")
-    print("\ntargets (best of eager / compiled):")
+            continue
+        times = samples.get(name)
+        median = statistics.median(times) if times else None
+        low = min(times) if times else None
+        ratio = fmt(paired_ratio(samples, (name,), ref), ".2f", "x")
+        print(f"{label:<52} {fmt(median, '10.3f'):>10} {fmt(low, '10.3f'):>10}  {ratio} {reference[ref]}")
+    print(f"\ncompile: first forward+backward of the compiled layer took {fmt(compile_s, '.2f', ' s')}")
+    print("\ntargets (each KAN at the better of eager / compiled_basis):")
     for key, (op, bound, what) in TARGETS.items():
         value = fmt(result[key], ".2f", "x")
-        print(f"  {key:<18} {value:>8}  target {op} {bound:g}x  {meets(key, result[key]):<6} ({what})")
+        print(f"  {key:<18} {value:>8}  target {op} {bound:g}x  {verdict(key, result[key]):<6}  {what}")
     print(json.dumps(result))
     return result
 

@@ -136,6 +136,8 @@ class _UniformBasis(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
         x, start, step = ctx.saved_tensors
         grad_fn = _compiled_kernels()[1] if ctx.compiled else _grad_kernel
         return grad_fn(grad, x, start, step, ctx.order, ctx.n_basis), None, None, None, None, None
