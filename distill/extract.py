@@ -1,0 +1,277 @@
+"""Symbolic extraction: turn a trained KAN student into a formula, and say how faithful it is.
+
+The steps, each a function of its own:
+
+1. :func:`auto_symbolic` fits every active edge to every library function at once
+   (:mod:`distill.symbolic_fit`) and fixes each edge to its chosen ``c * f(a x + b) + d``;
+2. :func:`refit` trains what is left (the affine constants and the biases) on the data;
+3. :func:`compose` writes the network as one sympy expression in the feature names;
+4. :func:`snap_constants` replaces constants by simple values (integers, small fractions,
+   multiples of pi) only where the formula's fit does not get worse beyond a tolerance.
+
+:func:`extract_formula` runs them all and measures the formula against the student (and the
+teacher, when its outputs are given) on held-out inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import sympy
+import torch
+
+from distill.fit import FitConfig, fit_kan
+from distill.formula import FormulaError, from_tree, to_tree
+from distill.symbolic_fit import choose, fit_symbols
+from students import KAN
+from students.persistence import atomic_write_bytes
+
+FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EdgeChoice:
+    """The function chosen for edge ``(layer, i, j)``, with its fit and the runner-up's."""
+
+    layer: int
+    i: int
+    j: int
+    name: str
+    params: list[float]
+    r2: float
+    runner_up: str
+    runner_up_r2: float
+
+
+@dataclass
+class Extraction:
+    """A student's formula (one expression per output) with its provenance and fidelity."""
+
+    features: list[str]
+    expressions: list[sympy.Expr]
+    edges: list[EdgeChoice] = field(default_factory=list)
+    fidelity: dict[str, float] = field(default_factory=dict)
+
+    def latex(self) -> list[str]:
+        return [sympy.latex(e) for e in self.expressions]
+
+    def callable(self, backend: str = "numpy"):
+        """``f(x)`` with ``x`` of shape ``(batch, n_features)`` -> ``(batch, n_outputs)``, via lambdify."""
+        symbols = [sympy.Symbol(n, real=True) for n in self.features]
+        fns = [sympy.lambdify(symbols, e, modules=backend) for e in self.expressions]
+        lib = torch if backend == "torch" else np
+
+        def evaluate(x):
+            columns = [x[:, k] for k in range(x.shape[1])]
+            outs = [fn(*columns) + 0 * columns[0] for fn in fns]
+            return lib.stack(outs, 1)
+
+        return evaluate
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "features": self.features,
+            "outputs": [to_tree(e) for e in self.expressions],
+            "edges": [asdict(e) for e in self.edges],
+            "fidelity": self.fidelity,
+        }
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_bytes(Path(path), (json.dumps(self.to_json(), indent=2) + "\n").encode())
+
+    @classmethod
+    def from_json(cls, data: object, source: str = "formula") -> Extraction:
+        """Validate and rebuild; nothing in ``data`` is evaluated as code."""
+        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+            raise FormulaError(f"{source}: not a kandistill formula file (format_version {FORMAT_VERSION})")
+        features = data.get("features")
+        if not isinstance(features, list) or not all(isinstance(f, str) and f.isidentifier() for f in features):
+            raise FormulaError(f"{source}.features: expected a list of identifier names, got {features!r:.80}")
+        outputs = data.get("outputs")
+        if not isinstance(outputs, list) or not outputs:
+            raise FormulaError(f"{source}.outputs: expected a non-empty list of formula trees")
+        expressions = [from_tree(t, features, f"{source}.outputs[{k}]") for k, t in enumerate(outputs)]
+        try:
+            edges = [EdgeChoice(**e) for e in data.get("edges", [])]
+            fidelity = {str(k): float(v) for k, v in data.get("fidelity", {}).items()}
+        except (TypeError, ValueError) as err:
+            raise FormulaError(f"{source}: malformed edges or fidelity ({err})") from None
+        return cls(features, expressions, edges, fidelity)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Extraction:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise FormulaError(f"{path}: not valid JSON ({err})") from None
+        return cls.from_json(data, str(path))
+
+
+def auto_symbolic(
+    model: KAN, x: torch.Tensor, names: list[str] | None = None, complexity_weight: float = 0.5
+) -> list[EdgeChoice]:
+    """Fix every active spline edge of a single-student ``model`` to its best library function."""
+    if model.ensemble != 1:
+        raise ValueError("auto_symbolic: extract one student at a time (use model.member(e))")
+    with torch.no_grad():
+        edges = model.edge_functions(x)
+    where, xs, ys = [], [], []
+    for n, (layer, values) in enumerate(zip(model.layers, edges, strict=True)):
+        active = (layer.mask[0] > 0) & (layer.sym_mask[0] == 0)
+        for i, j in active.nonzero().tolist():
+            where.append((n, i, j))
+            xs.append(values.inputs[0, :, i])
+            ys.append(values.outputs[0, :, i, j])
+    if not where:
+        return []
+    fits = fit_symbols(torch.stack(xs), torch.stack(ys), model.symbols, names)
+    choices = []
+    for (n, i, j), c in zip(where, choose(fits, complexity_weight), strict=True):
+        model.fix_symbolic(n, i, j, c.name, affine=tuple(c.params))
+        choices.append(EdgeChoice(n, i, j, c.name, c.params, c.r2, c.runner_up, c.runner_up_r2))
+    return choices
+
+
+def refit(model: KAN, x: torch.Tensor, y: torch.Tensor, steps: int = 20) -> bool:
+    """Train the symbolic edges' constants and the biases (the splines are masked out).
+
+    If the optimiser diverges (a line search can step into an overflowing ``exp``), the
+    constants of the edge fits are kept; returns whether the refit was kept.
+    """
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        fit_kan(model, x, y, FitConfig(steps=steps, grid_update_every=0))
+    except FloatingPointError as err:
+        logger.warning("refit diverged (%s); keeping the per-edge fits", err)
+        model.load_state_dict(before)
+        return False
+    return True
+
+
+def compose(model: KAN, features: list[str]) -> list[sympy.Expr]:
+    """The network of a single student, all of whose active edges are symbolic, as sympy."""
+    if len(features) != model.width[0]:
+        raise ValueError(f"compose: {len(features)} feature names for {model.width[0]} inputs")
+    nodes: list[sympy.Expr] = [sympy.Symbol(n, real=True) for n in features]
+    names = model.symbols.names()
+    for n, layer in enumerate(model.layers):
+        active = layer.mask[0] > 0
+        spline = active & (layer.sym_mask[0] == 0)
+        if spline.any():
+            raise ValueError(f"compose: layer {n} still has spline edges {spline.nonzero().tolist()[:5]}")
+        outputs = []
+        for j in range(layer.out_dim):
+            total = sympy.Float(layer.bias[0, j].item())
+            for i in active[:, j].nonzero().flatten().tolist():
+                a, b, c, d = (sympy.Float(v) for v in layer.sym_affine[0, i, j].tolist())
+                fn = model.symbols[names[layer.sym_index[0, i, j]]].sympy_fn
+                total += c * fn(a * nodes[i] + b) + d
+            outputs.append(total)
+        nodes = outputs
+    return [canonical(e) for e in nodes]
+
+
+def canonical(expr: sympy.Expr) -> sympy.Expr:
+    """Distribute numbers into sums and split ``exp`` of sums, so redundant constants merge."""
+    return sympy.expand(expr, deep=True, mul=True, power_exp=True, power_base=False, log=False, multinomial=False)
+
+
+def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
+    if not np.all(np.isfinite(pred)):
+        return -np.inf
+    return float(1 - np.sum((pred - ref) ** 2) / max(np.sum((ref - ref.mean()) ** 2), 1e-300))
+
+
+def _candidates(value: float) -> list[sympy.Expr]:
+    """Simple numbers near ``value``, simplest first."""
+    out: list[sympy.Expr] = [sympy.Integer(0), sympy.Integer(round(value))]
+    for limit in (2, 3, 4, 6, 10):
+        frac = Fraction(value).limit_denominator(limit)
+        out.append(sympy.Rational(frac.numerator, frac.denominator))
+        frac_pi = Fraction(value / np.pi).limit_denominator(limit)
+        out.append(sympy.pi * sympy.Rational(frac_pi.numerator, frac_pi.denominator))
+    unique = [sympy.Integer(0)]  # always worth a try: the fit check decides
+    for c in out[1:]:
+        if c not in unique and abs(float(c) - value) <= 0.1 * abs(value) + 1e-3:
+            unique.append(c)
+    return unique
+
+
+def snap_constants(
+    expr: sympy.Expr, features: list[str], x: np.ndarray, reference: np.ndarray, tolerance: float = 1e-4
+) -> sympy.Expr:
+    """Replace floats by simple numbers while ``1 - R^2`` against ``reference`` grows by at most ``tolerance``.
+
+    Constants are tried largest effect first; a replacement is kept only if the whole formula
+    still fits. ``x``: ``(batch, n_features)``; ``reference``: ``(batch,)``.
+    """
+    symbols = [sympy.Symbol(n, real=True) for n in features]
+    columns = [x[:, k] for k in range(x.shape[1])]
+
+    def fit(e: sympy.Expr) -> float:
+        with np.errstate(all="ignore"):
+            return _r2(np.broadcast_to(sympy.lambdify(symbols, e, "numpy")(*columns), reference.shape), reference)
+
+    base = fit(expr)
+    for _ in range(3):
+        changed = False
+        for atom in sorted(expr.atoms(sympy.Float), key=lambda f: -abs(float(f))):
+            if atom not in expr.atoms(sympy.Float):
+                continue
+            for candidate in _candidates(float(atom)):
+                trial = canonical(expr.subs(atom, candidate))
+                if 1 - fit(trial) <= (1 - base) + tolerance:
+                    expr, changed = trial, True
+                    break
+        if not changed:
+            break
+    return sympy.simplify(expr)
+
+
+def extract_formula(
+    model: KAN,
+    x: torch.Tensor,
+    features: list[str],
+    x_test: torch.Tensor | None = None,
+    teacher_test: torch.Tensor | None = None,
+    names: list[str] | None = None,
+    complexity_weight: float = 0.5,
+    refit_steps: int = 20,
+    snap_tolerance: float = 1e-4,
+) -> Extraction:
+    """Extract a formula from a copy of ``model`` (member 0 of an ensemble); see the module docstring.
+
+    Fidelity (R^2 per output, averaged) is reported for the formula against the student on
+    ``x_test`` (default: ``x``) and, when ``teacher_test`` is given, against the teacher.
+    """
+    student = model.member(0)
+    x_test = x if x_test is None else x_test
+    with torch.no_grad():
+        target = student(x)
+        student_test = student(x_test).double().numpy()
+    edges = auto_symbolic(student, x, names, complexity_weight)
+    if refit_steps:
+        refit(student, x, target, refit_steps)
+    xs = x_test.double().numpy()
+    expressions = [
+        snap_constants(e, features, xs, student_test[:, k], snap_tolerance)
+        for k, e in enumerate(compose(student, features))
+    ]
+    result = Extraction(features, expressions, edges)
+    with np.errstate(all="ignore"):
+        pred = result.callable()(xs)
+    result.fidelity["r2_vs_student"] = float(
+        np.mean([_r2(pred[:, k], student_test[:, k]) for k in range(pred.shape[1])])
+    )
+    if teacher_test is not None:
+        ref = teacher_test.reshape(x_test.shape[0], -1).double().numpy()
+        result.fidelity["r2_vs_teacher"] = float(np.mean([_r2(pred[:, k], ref[:, k]) for k in range(pred.shape[1])]))
+    return result
