@@ -7,6 +7,7 @@ large problems. The grid follows the data during the first steps, as in the KAN 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -70,8 +71,10 @@ def fit_kan(model: KAN, x: torch.Tensor, y: torch.Tensor, config: FitConfig | No
     optimizer = _make_optimizer(model, config)
     penalised = config.l1 > 0 or config.entropy > 0
     history = FitHistory()
+    last_mse = math.nan
 
     def loss_fn() -> torch.Tensor:
+        nonlocal last_mse
         optimizer.zero_grad()
         if penalised:
             pred, penalty = model.forward_with_penalty(x, config.l1, config.entropy)
@@ -81,14 +84,14 @@ def fit_kan(model: KAN, x: torch.Tensor, y: torch.Tensor, config: FitConfig | No
             mse = (model(x) - y).square().mean()
             loss = mse
         loss.backward()
-        loss_fn.mse = mse.item()
+        last_mse = mse.item()
         return loss
 
     for step in tqdm(range(config.steps), disable=not config.progress, desc=config.description, leave=False):
         if config.grid_update_every and step % config.grid_update_every == 0 and step < config.grid_update_until:
             model.update_grid(x, config.grid_uniform_fraction)
         optimizer.step(loss_fn)
-        if not torch.isfinite(torch.tensor(loss_fn.mse)):
-            raise FloatingPointError(f"fit_kan: the loss became {loss_fn.mse} at step {step}")
-        history.train_mse.append(loss_fn.mse)
+        if not math.isfinite(last_mse):
+            raise FloatingPointError(f"fit_kan: the loss became {last_mse} at step {step}")
+        history.train_mse.append(last_mse)
     return history

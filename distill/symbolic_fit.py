@@ -80,10 +80,10 @@ def _thin(x: torch.Tensor, y: torch.Tensor, max_points: int) -> tuple[torch.Tens
     return x.gather(-1, keep), y.gather(-1, keep)
 
 
-def _residual_sse(fn, x, y, a, b) -> torch.Tensor:
+def _evaluate(fn, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``f(a x + b)`` per curve (``a``, ``b``: ``(curves,)``; ``x``: ``(curves, points)``), non-finite -> 0."""
     values = fn(a.unsqueeze(-1) * x + b.unsqueeze(-1))
-    values = torch.where(torch.isfinite(values), values, torch.zeros_like(values))
-    return _line_fit(values, y)[2]
+    return torch.where(torch.isfinite(values), values, torch.zeros_like(values))
 
 
 def fit_symbols(
@@ -111,13 +111,10 @@ def fit_symbols(
     x32, y32 = x.float(), y.float()
     for k, name in enumerate(names):
         fn = library[name].torch_fn
-        values = fn(a_grid[:, None] * x32[:, None, :] + b_grid[:, None])
-        values = torch.where(torch.isfinite(values), values, torch.zeros_like(values))
-        best = _line_fit(values, y32[:, None, :])[2].argmin(-1)
+        best = _line_fit(_evaluate(fn, x32[:, None, :], a_grid, b_grid), y32[:, None, :])[2].argmin(-1)
         a, b = a_grid[best].double(), b_grid[best].double()
         a, b = _levenberg_marquardt(fn, x, y, a, b, lm_steps)
-        values = fn(a[:, None] * x + b[:, None])
-        values = torch.where(torch.isfinite(values), values, torch.zeros_like(values))
+        values = _evaluate(fn, x, a, b)
         c, d, sse = _line_fit(values, y)
         r2[:, k] = 1 - sse / sst
         params[:, k] = torch.stack([a, b, c, d], -1)
@@ -130,14 +127,12 @@ def _levenberg_marquardt(fn, x, y, a, b, steps: int, h: float = 1e-6) -> tuple[t
     """Refine ``(a, b)`` per curve, minimising the projected residual; finite-difference Jacobian."""
     damping = torch.full_like(a, 1e-3)
     for _ in range(steps):
-        values = fn(a[:, None] * x + b[:, None])
+        values = _evaluate(fn, x, a, b)
         c, d, sse = _line_fit(values, y)
         residual = c[:, None] * values + d[:, None] - y
-        da = (fn((a + h)[:, None] * x + b[:, None]) - fn((a - h)[:, None] * x + b[:, None])) / (2 * h)
-        db = (fn(a[:, None] * x + (b + h)[:, None]) - fn(a[:, None] * x + (b - h)[:, None])) / (2 * h)
-        jac = torch.stack([c[:, None] * da, c[:, None] * db], -1)
-        jac = torch.where(torch.isfinite(jac), jac, torch.zeros_like(jac))
-        jac = _project_out(jac, values)
+        da = (_evaluate(fn, x, a + h, b) - _evaluate(fn, x, a - h, b)) / (2 * h)
+        db = (_evaluate(fn, x, a, b + h) - _evaluate(fn, x, a, b - h)) / (2 * h)
+        jac = _project_out(torch.stack([c[:, None] * da, c[:, None] * db], -1), values)
         ja, jb = jac.unbind(-1)
         gaa, gbb, gab = ja.square().sum(-1), jb.square().sum(-1), (ja * jb).sum(-1)
         ra, rb = (ja * residual).sum(-1), (jb * residual).sum(-1)
@@ -145,7 +140,7 @@ def _levenberg_marquardt(fn, x, y, a, b, steps: int, h: float = 1e-6) -> tuple[t
         gaa, gbb = gaa + lift, gbb + lift
         det = (gaa * gbb - gab.square()).clamp_min(1e-300)
         step_a, step_b = -(gbb * ra - gab * rb) / det, -(gaa * rb - gab * ra) / det
-        new_sse = _residual_sse(fn, x, y, a + step_a, b + step_b)
+        new_sse = _line_fit(_evaluate(fn, x, a + step_a, b + step_b), y)[2]
         better = new_sse < sse
         a = torch.where(better, a + step_a, a)
         b = torch.where(better, b + step_b, b)

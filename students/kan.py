@@ -213,8 +213,6 @@ class KAN(nn.Module):
             before, after = new.layers[h - 1], new.layers[h]
             new.layers[h - 1] = before.select(list(range(before.in_dim)), keep)
             new.layers[h] = after.select(keep, list(range(after.out_dim)))
-        for layer in new.layers:
-            layer.refresh()
         new._sync_config()
         return new
 
@@ -283,8 +281,6 @@ class KAN(nn.Module):
         config = KANConfig(**{**self.config.to_dict(), "ensemble": ensemble, "seed": seed})
         new = KAN.from_config(config, self.symbols)
         new.to(next(self.parameters()).dtype).load_state_dict(state)
-        for layer in new.layers:
-            layer.refresh()
         new.provenance = dict(self.provenance)
         return new
 

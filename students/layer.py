@@ -80,6 +80,7 @@ class KANLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(ensemble, out_dim))
         self.sym_affine = nn.Parameter(torch.tensor([1.0, 0.0, 1.0, 0.0]).repeat(ensemble, in_dim, out_dim, 1))
         self.refresh()
+        self.register_load_state_dict_post_hook(lambda module, _: module.refresh())
 
     @property
     def n_basis(self) -> int:
@@ -189,7 +190,6 @@ class KANLayer(nn.Module):
             symbols=self.symbols, compiled_basis=self.compiled_basis,
         )  # fmt: skip
         new.to(self.coef.dtype).load_state_dict(state)
-        new.refresh()
         return new
 
 

@@ -118,7 +118,5 @@ def load_kan(directory: Path, symbols: SymbolLibrary) -> KAN:
         if name.endswith("sym_index") and tensor.numel() and not 0 <= tensor.min() <= tensor.max() < n_symbols:
             raise ValueError(f"{weights_path}: tensor {name!r} names symbols outside the {n_symbols} in the config")
     model.to(tensors["layers.0.coef"].dtype).load_state_dict(tensors)
-    for layer in model.layers:
-        layer.refresh()
     model.provenance = {k: v for k, v in provenance.items() if k != "format"}
     return model
