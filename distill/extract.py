@@ -205,33 +205,93 @@ def _candidates(value: float) -> list[sympy.Expr]:
     return unique
 
 
+class _Scorer:
+    """``1 - R^2`` of expressions in ``features`` against ``reference`` on ``x``, and constant refits."""
+
+    def __init__(self, features: list[str], x: np.ndarray, reference: np.ndarray):
+        self.symbols = [sympy.Symbol(n, real=True) for n in features]
+        self.columns = [torch.from_numpy(np.ascontiguousarray(x[:, k])) for k in range(x.shape[1])]
+        self.reference = torch.from_numpy(np.ascontiguousarray(reference))
+        self.total = (self.reference - self.reference.mean()).square().sum().clamp_min(1e-300)
+
+    def loss(self, expr: sympy.Expr, fn=None, constants: torch.Tensor | None = None) -> torch.Tensor:
+        fn = fn or sympy.lambdify(self.symbols, expr.evalf(), "torch")  # evalf: cos(1) is no tensor
+        args = self.columns if constants is None else [*self.columns, *constants]
+        with torch.no_grad() if constants is None else torch.enable_grad():
+            pred = torch.as_tensor(fn(*args), dtype=torch.float64).expand_as(self.reference)
+        loss = (pred - self.reference).square().sum() / self.total
+        return loss if torch.isfinite(loss) else torch.tensor(torch.inf, dtype=torch.float64)
+
+    def refit(self, expr: sympy.Expr, steps: int = 30) -> sympy.Expr:
+        """Least-squares refit of every float constant of ``expr`` (L-BFGS, float64); kept if better."""
+        floats = sorted(expr.atoms(sympy.Float), key=lambda f: float(f))
+        if not floats:
+            return expr
+        params = sympy.symbols(f"_c0:{len(floats)}")
+        template = expr.xreplace(dict(zip(floats, params, strict=True)))
+        fn = sympy.lambdify([*self.symbols, *params], template.evalf(), "torch")
+        theta = torch.tensor([float(f) for f in floats], dtype=torch.float64, requires_grad=True)
+        before = self.loss(expr).item()
+        optimizer = torch.optim.LBFGS([theta], max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = self.loss(template, fn, theta.unbind())
+            if torch.isfinite(loss) and loss.requires_grad:
+                loss.backward()
+            return loss
+
+        try:
+            optimizer.step(closure)
+        except RuntimeError:  # a line search into a domain error
+            return expr
+        fitted = template.xreplace({p: sympy.Float(v) for p, v in zip(params, theta.tolist(), strict=True)})
+        return fitted if self.loss(fitted).item() < before else expr
+
+
+def _snap_one(expr: sympy.Expr, atom: sympy.Float, scorer: _Scorer, max_loss: float) -> sympy.Expr | None:
+    """``expr`` with ``atom`` replaced by the first simple candidate that keeps the loss under
+    ``max_loss`` (as it is, or after refitting the other floats), or None."""
+    for candidate in _candidates(float(atom)):
+        trial = canonical(expr.xreplace({atom: candidate}))
+        if scorer.loss(trial).item() <= max_loss:
+            return trial
+        trial = scorer.refit(trial)
+        if scorer.loss(trial).item() <= max_loss:
+            return trial
+    return None
+
+
 def snap_constants(
-    expr: sympy.Expr, features: list[str], x: np.ndarray, reference: np.ndarray, tolerance: float = 1e-4
+    expr: sympy.Expr,
+    features: list[str],
+    x: np.ndarray,
+    reference: np.ndarray,
+    tolerance: float = 1e-4,
+    min_r2: float = 0.99,
 ) -> sympy.Expr:
     """Replace floats by simple numbers while ``1 - R^2`` against ``reference`` grows by at most ``tolerance``.
 
-    Constants are tried largest effect first; a replacement is kept only if the whole formula
-    still fits. ``x``: ``(batch, n_features)``; ``reference``: ``(batch,)``.
+    The constants are first refitted to ``reference``; then each float, largest first, is tried
+    against simple candidates (0, integers, small fractions, small multiples of pi), with the
+    remaining floats refitted after each try, and a replacement is kept only if the whole formula
+    still fits. A formula whose R^2 is below ``min_r2`` is refitted but not snapped: rounding
+    cannot make a wrong formula right. ``x``: ``(batch, n_features)``; ``reference``: ``(batch,)``.
     """
-    symbols = [sympy.Symbol(n, real=True) for n in features]
-    columns = [x[:, k] for k in range(x.shape[1])]
-
-    def fit(e: sympy.Expr) -> float:
-        with np.errstate(all="ignore"):
-            return _r2(np.broadcast_to(sympy.lambdify(symbols, e, "numpy")(*columns), reference.shape), reference)
-
-    base = fit(expr)
-    for _ in range(3):
-        changed = False
-        for atom in sorted(expr.atoms(sympy.Float), key=lambda f: -abs(float(f))):
-            if atom not in expr.atoms(sympy.Float):
-                continue
-            for candidate in _candidates(float(atom)):
-                trial = canonical(expr.subs(atom, candidate))
-                if 1 - fit(trial) <= (1 - base) + tolerance:
-                    expr, changed = trial, True
-                    break
-        if not changed:
+    scorer = _Scorer(features, x, reference)
+    expr = scorer.refit(expr)
+    base = scorer.loss(expr).item()
+    if 1 - base < min_r2:
+        return expr
+    rejected: set[sympy.Float] = set()
+    while True:
+        for atom in sorted(expr.atoms(sympy.Float) - rejected, key=lambda f: -abs(float(f))):
+            snapped = _snap_one(expr, atom, scorer, base + tolerance)
+            if snapped is not None:
+                expr = snapped  # one float fewer, so this loop ends
+                break
+            rejected.add(atom)
+        else:
             break
     return sympy.simplify(expr)
 

@@ -217,6 +217,26 @@ class KAN(nn.Module):
         return new
 
     @torch.no_grad()
+    def remove_hidden_node(self, boundary: int, node: int, x: torch.Tensor) -> KAN:
+        """A copy without hidden node ``node`` between layers ``boundary - 1`` and ``boundary``.
+
+        The node's outgoing edges are replaced by their mean over ``x``, folded into the biases
+        of the next layer, so a node that barely varies is removed at no cost.
+        """
+        if not 0 < boundary < len(self.layers):
+            raise IndexError(f"hidden boundaries are 1..{len(self.layers) - 1}, got {boundary}")
+        new = self._copy()
+        outgoing = new.layers[boundary]
+        means = new.edge_functions(x)[boundary].outputs.mean(1)[:, node, :]
+        outgoing.bias += means * outgoing.mask[:, node, :]
+        keep = [i for i in range(outgoing.in_dim) if i != node]
+        incoming = new.layers[boundary - 1]
+        new.layers[boundary - 1] = incoming.select(list(range(incoming.in_dim)), keep)
+        new.layers[boundary] = outgoing.select(keep, list(range(outgoing.out_dim)))
+        new._sync_config()
+        return new
+
+    @torch.no_grad()
     def fix_symbolic(
         self,
         layer: int,

@@ -130,21 +130,23 @@ def test_all_feynman_formulas_parse(feynman_rows):
         assert {s.name for s in expr.free_symbols} <= set(variables), row["Filename"]
 
 
-def test_exp_sin_plus_square_is_recovered_exactly_from_a_trained_kan():
-    """Fit with the sparsity penalty, prune, refit, extract: sympy shows the formula is the truth."""
+def test_exp_sin_plus_square_is_recovered_exactly_from_9_of_10_training_seeds():
+    """Sparse fit, prune, extract: sympy shows the formula equals the truth (pykan's recipe: 2 of 3)."""
     from distill.extract import extract_formula
-    from distill.fit import FitConfig, fit_kan
+    from distill.schedule import sparse_fit
 
     def truth_fn(x):
         return torch.exp(torch.sin(math.pi * x[:, :1]) + x[:, 1:] ** 2)
 
-    generator = torch.Generator().manual_seed(2)
-    x, x_test = torch.rand(1000, 2, generator=generator) * 2 - 1, torch.rand(1000, 2, generator=generator) * 2 - 1
-    model = KAN([2, 5, 1], seed=2)
-    fit_kan(model, x, truth_fn(x), FitConfig(steps=50, l1=0.01, entropy=0.02))
-    model = model.prune(x)
-    fit_kan(model, x, truth_fn(x), FitConfig(steps=50))
-    result = extract_formula(model, x, ["x", "y"], x_test, truth_fn(x_test))
     px, py = sympy.symbols("x y", real=True)
-    assert sympy.simplify(result.expressions[0] - sympy.exp(sympy.sin(sympy.pi * px) + py**2)) == 0
-    assert result.fidelity["r2_vs_teacher"] > 0.999999
+    truth = sympy.exp(sympy.sin(sympy.pi * px) + py**2)
+    recovered = 0
+    for seed in range(10):
+        generator = torch.Generator().manual_seed(seed)
+        x, x_test = torch.rand(1000, 2, generator=generator) * 2 - 1, torch.rand(1000, 2, generator=generator) * 2 - 1
+        model = sparse_fit(KAN([2, 5, 1], seed=seed), x, truth_fn(x))
+        result = extract_formula(model, x, ["x", "y"], x_test, truth_fn(x_test))
+        if sympy.simplify(result.expressions[0] - truth) == 0:
+            recovered += 1
+            assert result.fidelity["r2_vs_teacher"] > 0.999999
+    assert recovered >= 9

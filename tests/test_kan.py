@@ -229,3 +229,15 @@ def test_bad_input_is_named(make_input, message):
 def test_bad_config_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         KAN(**kwargs)
+
+
+def test_remove_hidden_node_folds_a_constant_node_into_the_bias():
+    model = KAN([2, 3, 1], seed=0)
+    with torch.no_grad():
+        model.layers[0].coef[:, :, :, 1] = 0.0  # hidden node 1 sees a constant input
+        model.layers[0].scale_base[:, :, 1] = 0.0
+        model.layers[0].bias[:, 1] = 0.4
+    x = uniform_inputs(100, 2, seed=14)
+    smaller = model.remove_hidden_node(1, 1, x)
+    assert smaller.width == [2, 2, 1]
+    torch.testing.assert_close(smaller(x), model(x))
