@@ -64,7 +64,8 @@ class Extraction:
     def callable(self, backend: str = "numpy"):
         """``f(x)`` with ``x`` of shape ``(batch, n_features)`` -> ``(batch, n_outputs)``, via lambdify."""
         symbols = [sympy.Symbol(n, real=True) for n in self.features]
-        fns = [sympy.lambdify(symbols, e, modules=backend) for e in self.expressions]
+        modules = TORCH_MODULES if backend == "torch" else backend
+        fns = [sympy.lambdify(symbols, e, modules=modules) for e in self.expressions]
         lib = torch if backend == "torch" else np
 
         def evaluate(x):
@@ -205,6 +206,18 @@ def _candidates(value: float) -> list[sympy.Expr]:
     return unique
 
 
+_TORCH_EXTRAS = {  # functions sympy's simplification can produce that its torch printer lacks
+    "cot": lambda z: 1 / torch.tan(z),
+    "sec": lambda z: 1 / torch.cos(z),
+    "csc": lambda z: 1 / torch.sin(z),
+    "coth": lambda z: 1 / torch.tanh(z),
+    "sech": lambda z: 1 / torch.cosh(z),
+    "csch": lambda z: 1 / torch.sinh(z),
+    "acot": lambda z: torch.atan(1 / z),
+}
+TORCH_MODULES = [_TORCH_EXTRAS, "torch"]
+
+
 class _Scorer:
     """``1 - R^2`` of expressions in ``features`` against ``reference`` on ``x``, and constant refits."""
 
@@ -215,10 +228,14 @@ class _Scorer:
         self.total = (self.reference - self.reference.mean()).square().sum().clamp_min(1e-300)
 
     def loss(self, expr: sympy.Expr, fn=None, constants: torch.Tensor | None = None) -> torch.Tensor:
-        fn = fn or sympy.lambdify(self.symbols, expr.evalf(), "torch")  # evalf: cos(1) is no tensor
+        """``1 - R^2``; infinite for an expression torch cannot evaluate or that is not finite."""
         args = self.columns if constants is None else [*self.columns, *constants]
-        with torch.no_grad() if constants is None else torch.enable_grad():
-            pred = torch.as_tensor(fn(*args), dtype=torch.float64).expand_as(self.reference)
+        try:
+            fn = fn or sympy.lambdify(self.symbols, expr.evalf(), TORCH_MODULES)  # evalf: cos(1) is no tensor
+            with torch.no_grad() if constants is None else torch.enable_grad():
+                pred = torch.as_tensor(fn(*args), dtype=torch.float64).expand_as(self.reference)
+        except (TypeError, ValueError, RuntimeError, NameError, NotImplementedError):
+            return torch.tensor(torch.inf, dtype=torch.float64)
         loss = (pred - self.reference).square().sum() / self.total
         return loss if torch.isfinite(loss) else torch.tensor(torch.inf, dtype=torch.float64)
 
@@ -229,7 +246,10 @@ class _Scorer:
             return expr
         params = sympy.symbols(f"_c0:{len(floats)}")
         template = expr.xreplace(dict(zip(floats, params, strict=True)))
-        fn = sympy.lambdify([*self.symbols, *params], template.evalf(), "torch")
+        try:
+            fn = sympy.lambdify([*self.symbols, *params], template.evalf(), TORCH_MODULES)
+        except (TypeError, ValueError, NameError, NotImplementedError):
+            return expr
         theta = torch.tensor([float(f) for f in floats], dtype=torch.float64, requires_grad=True)
         before = self.loss(expr).item()
         optimizer = torch.optim.LBFGS([theta], max_iter=steps, line_search_fn="strong_wolfe")
@@ -262,38 +282,58 @@ def _snap_one(expr: sympy.Expr, atom: sympy.Float, scorer: _Scorer, max_loss: fl
     return None
 
 
+def _closeness(atom: sympy.Float) -> float:
+    """How far ``atom`` is from its nearest simple non-zero candidate, relative to its size."""
+    value = float(atom)
+    distances = [abs(float(c) - value) for c in _candidates(value) if c != 0]
+    return min(distances, default=abs(value)) / max(abs(value), 1e-12)
+
+
 def snap_constants(
     expr: sympy.Expr,
     features: list[str],
     x: np.ndarray,
     reference: np.ndarray,
-    tolerance: float = 1e-4,
+    growth: float = 5.0,
+    floor: float = 1e-8,
     min_r2: float = 0.99,
+    max_constants: int = 24,
+    max_tries: int = 60,
 ) -> sympy.Expr:
-    """Replace floats by simple numbers while ``1 - R^2`` against ``reference`` grows by at most ``tolerance``.
+    """Replace floats by simple numbers while the formula still fits ``reference``.
 
-    The constants are first refitted to ``reference``; then each float, largest first, is tried
-    against simple candidates (0, integers, small fractions, small multiples of pi), with the
-    remaining floats refitted after each try, and a replacement is kept only if the whole formula
-    still fits. A formula whose R^2 is below ``min_r2`` is refitted but not snapped: rounding
-    cannot make a wrong formula right. ``x``: ``(batch, n_features)``; ``reference``: ``(batch,)``.
+    The constants are first refitted to ``reference``; then each float, the one nearest to a
+    simple value first, is tried against simple candidates (0, integers, small fractions, small
+    multiples of pi), with the remaining floats refitted after each try. A replacement is kept
+    only if ``1 - R^2`` stays below ``max(growth * base, floor)``, ``base`` being the refitted
+    formula's: relative, so that an offset that barely moves R^2 is not rounded into a wrong
+    value. A formula whose R^2 is below ``min_r2``, or with more than ``max_constants`` floats,
+    is refitted but not snapped: rounding cannot make a wrong formula right, and the search
+    grows with the square of the number of constants; at most ``max_tries`` constants are tried,
+    and only a small result is passed to ``sympy.simplify``, whose cost grows fast with size.
+    ``x``: ``(batch, n_features)``; ``reference``: ``(batch,)``.
     """
     scorer = _Scorer(features, x, reference)
     expr = scorer.refit(expr)
     base = scorer.loss(expr).item()
-    if 1 - base < min_r2:
+    if 1 - base < min_r2 or len(expr.atoms(sympy.Float)) > max_constants:
         return expr
+    max_loss = max(growth * base, floor)
     rejected: set[sympy.Float] = set()
-    while True:
-        for atom in sorted(expr.atoms(sympy.Float) - rejected, key=lambda f: -abs(float(f))):
-            snapped = _snap_one(expr, atom, scorer, base + tolerance)
+    tries = 0
+    while tries < max_tries:
+        for atom in sorted(expr.atoms(sympy.Float) - rejected, key=_closeness):
+            tries += 1
+            snapped = _snap_one(expr, atom, scorer, max_loss)
             if snapped is not None:
                 expr = snapped  # one float fewer, so this loop ends
                 break
             rejected.add(atom)
+            if tries >= max_tries:
+                break
         else:
             break
-    return sympy.simplify(expr)
+    return sympy.simplify(expr) if sympy.count_ops(expr) <= 40 else expr
 
 
 def extract_formula(
@@ -305,13 +345,18 @@ def extract_formula(
     names: list[str] | None = None,
     complexity_weight: float = 0.5,
     refit_steps: int = 20,
-    snap_tolerance: float = 1e-4,
+    fit_constants_to: str = "student",
 ) -> Extraction:
     """Extract a formula from a copy of ``model`` (member 0 of an ensemble); see the module docstring.
 
     Fidelity (R^2 per output, averaged) is reported for the formula against the student on
     ``x_test`` (default: ``x``) and, when ``teacher_test`` is given, against the teacher.
+    The formula's constants are refitted and snapped against the student's outputs on ``x_test``,
+    or against ``teacher_test`` with ``fit_constants_to="teacher"`` (when the formula is meant to
+    stand for the teacher itself, as in symbolic regression on data).
     """
+    if fit_constants_to not in ("student", "teacher") or (fit_constants_to == "teacher" and teacher_test is None):
+        raise ValueError(f"extract_formula: fit_constants_to={fit_constants_to!r} needs 'student', or teacher_test")
     student = model.member(0)
     x_test = x if x_test is None else x_test
     with torch.no_grad():
@@ -321,17 +366,17 @@ def extract_formula(
     if refit_steps:
         refit(student, x, target, refit_steps)
     xs = x_test.double().numpy()
-    expressions = [
-        snap_constants(e, features, xs, student_test[:, k], snap_tolerance)
-        for k, e in enumerate(compose(student, features))
-    ]
+    teacher = None if teacher_test is None else teacher_test.reshape(x_test.shape[0], -1).double().numpy()
+    reference = teacher if fit_constants_to == "teacher" else student_test
+    expressions = [snap_constants(e, features, xs, reference[:, k]) for k, e in enumerate(compose(student, features))]
     result = Extraction(features, expressions, edges)
     with np.errstate(all="ignore"):
         pred = result.callable()(xs)
     result.fidelity["r2_vs_student"] = float(
         np.mean([_r2(pred[:, k], student_test[:, k]) for k in range(pred.shape[1])])
     )
-    if teacher_test is not None:
-        ref = teacher_test.reshape(x_test.shape[0], -1).double().numpy()
-        result.fidelity["r2_vs_teacher"] = float(np.mean([_r2(pred[:, k], ref[:, k]) for k in range(pred.shape[1])]))
+    if teacher is not None:
+        result.fidelity["r2_vs_teacher"] = float(
+            np.mean([_r2(pred[:, k], teacher[:, k]) for k in range(pred.shape[1])])
+        )
     return result

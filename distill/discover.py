@@ -1,0 +1,114 @@
+"""Find a formula for data (or a teacher's outputs) end to end: fit a sparse KAN, then extract.
+
+Candidates go from simple to rich: first a student without hidden layer (``[n, 1]``, an
+additive model: one 1-D function per feature), then one with a hidden layer (``[n, hidden, 1]``).
+When the target is positive everywhere, each is also tried on its logarithm: a product of
+powers and exponentials becomes a sum (the AI Feynman trick), so monomials such as
+``G m1 m2 / r^2`` need no hidden layer at all. Each formula is judged on held-out points against
+the target in its original space; the best fit wins, a simpler formula wins a tie, and the
+search stops at the first formula that is exact to ``exact_r2``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy
+import torch
+
+from distill.extract import Extraction, extract_formula
+from distill.schedule import ScheduleConfig, sparse_fit
+from students import KAN
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DiscoverConfig:
+    """Student shape, schedule, and which target transforms to try."""
+
+    hidden: int = 5
+    grid: int = 5
+    seed: int = 0
+    log_target: bool = True
+    validation_fraction: float = 0.2
+    exact_r2: float = 1 - 1e-9
+    seconds: float | None = None
+    schedule: ScheduleConfig = field(
+        default_factory=lambda: ScheduleConfig(sparse_steps=20, refit_steps=20, node_refit_steps=15)
+    )
+
+
+@dataclass
+class Discovery:
+    """The chosen formula, how it was found, and every candidate's held-out R^2."""
+
+    extraction: Extraction
+    transform: str
+    r2_validation: float
+    candidates: dict[str, float]
+
+    @property
+    def expression(self) -> sympy.Expr:
+        return self.extraction.expressions[0]
+
+
+def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
+    if pred.shape != ref.shape or not np.all(np.isfinite(pred)):
+        return -np.inf
+    return float(1 - np.sum((pred - ref) ** 2) / max(np.sum((ref - ref.mean()) ** 2), 1e-300))
+
+
+def discover_formula(
+    x: torch.Tensor, y: torch.Tensor, features: list[str], config: DiscoverConfig | None = None
+) -> Discovery:
+    """A formula for ``y`` (``(batch,)`` or ``(batch, 1)``) as a function of ``x`` (``(batch, n)``)."""
+    config = config or DiscoverConfig()
+    y = y.reshape(-1, 1)
+    if x.shape[0] != y.shape[0] or x.shape[1] != len(features):
+        raise ValueError(f"discover_formula: x {tuple(x.shape)}, y {tuple(y.shape)}, {len(features)} features")
+    if not torch.isfinite(y).all():
+        raise ValueError("discover_formula: the targets contain NaN or infinite values")
+    n_val = max(1, int(config.validation_fraction * x.shape[0]))
+    x_fit, x_val, y_fit, y_val = x[n_val:], x[:n_val], y[n_val:], y[:n_val]
+    transforms = ["identity"] + (["log"] if config.log_target and bool((y > 0).all()) else [])
+    candidates = [(w, t) for w in ([x.shape[1], 1], [x.shape[1], config.hidden, 1]) for t in transforms]
+    deadline = None if config.seconds is None else time.monotonic() + config.seconds
+
+    best: Discovery | None = None
+    scores: dict[str, float] = {}
+    for width, transform in candidates:
+        if best is not None and (best.r2_validation >= config.exact_r2 or (deadline and time.monotonic() > deadline)):
+            break
+        forward = torch.log if transform == "log" else (lambda t: t)
+        model = KAN(width, grid=config.grid, seed=config.seed)
+        try:
+            model = sparse_fit(model, x_fit, forward(y_fit), config.schedule)
+            extraction = extract_formula(
+                model, x_fit, features, x_val, forward(y_val), fit_constants_to="teacher", refit_steps=10
+            )
+        except (FloatingPointError, ValueError) as err:
+            logger.warning("%s target: no formula (%s)", transform, err)
+            continue
+        if transform == "log":
+            extraction.expressions = [sympy.exp(e) for e in extraction.expressions]
+        with np.errstate(all="ignore"):
+            pred = extraction.callable()(x_val.double().numpy())[:, 0]
+        score = _r2(pred, y_val.double().numpy()[:, 0])
+        label = f"{transform} {width}"
+        scores[label] = score
+        candidate = Discovery(extraction, label, score, scores)
+        if best is None or _better(candidate, best):
+            best = candidate
+    if best is None:
+        raise FloatingPointError("discover_formula: every candidate failed to fit")
+    return best
+
+
+def _better(a: Discovery, b: Discovery, tie: float = 1e-9) -> bool:
+    if abs(a.r2_validation - b.r2_validation) > tie:
+        return a.r2_validation > b.r2_validation
+    return sympy.count_ops(a.expression) < sympy.count_ops(b.expression)

@@ -1,0 +1,170 @@
+"""Symbolic recovery on the AI Feynman equations: sample, fit a KAN student, extract, check with sympy.
+
+For each equation of a CSV in the AI Feynman format (``Filename, Number, Output, Formula,
+# variables, v1_name, v1_low, v1_high, ...``): sample the variables uniformly over their ranges,
+compute the target from the formula (parsed safely, never evaluated as code), find a formula
+with :func:`distill.discover.discover_formula` (optionally through an MLP teacher fitted to the
+samples first, ``--via-mlp``), and check it against the truth. As in SRBench, an equation counts
+as recovered when sympy shows the difference is a constant or the ratio is a non-zero constant;
+a numeric check on the samples comes first so that sympy only sees near-certain matches, and a
+result found after ``--seconds-per-equation`` does not count.
+
+    python scripts/bench_feynman.py [--csv FILE] [--limit N] [--seconds-per-equation S] [--via-mlp]
+
+Prints a table and, as its last line, one JSON object with ``total``, ``recovered``, ``rate`` and
+``median_seconds`` (and the settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sympy
+import torch
+from torch import nn
+
+try:
+    import distill  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distill.discover import DiscoverConfig, discover_formula
+from distill.formula import parse_formula
+
+DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "feynman" / "FeynmanEquations.csv"
+
+
+@dataclass
+class Equation:
+    name: str
+    formula: str
+    variables: list[str]
+    ranges: list[tuple[float, float]]
+
+
+def read_equations(path: Path) -> list[Equation]:
+    """The equations of an AI Feynman CSV (blank rows skipped); errors name the row and field."""
+    if not path.is_file():
+        raise SystemExit(f"bench_feynman: no equation table at {path} (pass --csv FILE)")
+    equations = []
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            if not (row.get("Filename") or "").strip():
+                continue
+            try:
+                n = int(row["# variables"])
+                names = [row[f"v{k}_name"].strip() for k in range(1, n + 1)]
+                ranges = [(float(row[f"v{k}_low"]), float(row[f"v{k}_high"])) for k in range(1, n + 1)]
+            except (KeyError, ValueError, TypeError) as err:
+                raise SystemExit(f"bench_feynman: {path}:{line}: bad variable fields ({err})") from None
+            equations.append(Equation(row["Filename"].strip(), row["Formula"].strip(), names, ranges))
+    return equations
+
+
+def sample(eq: Equation, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, sympy.Expr]:
+    """``n`` uniform samples of the variables, the formula's values there, and the formula."""
+    truth = parse_formula(eq.formula, eq.variables)
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([rng.uniform(lo, hi, n) for lo, hi in eq.ranges])
+    fn = sympy.lambdify([sympy.Symbol(v, real=True) for v in eq.variables], truth, "numpy")
+    y = np.broadcast_to(np.asarray(fn(*x.T), dtype=np.float64), (n,))
+    return torch.from_numpy(x).float(), torch.from_numpy(y.copy()).float(), truth
+
+
+def fit_mlp_teacher(x: torch.Tensor, y: torch.Tensor, steps: int = 2000, seed: int = 0) -> torch.Tensor:
+    """Fit a small MLP to the samples and return its outputs on them (the teacher's soft targets)."""
+    torch.manual_seed(seed)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-8)
+    y_mean, y_std = y.mean(), y.std().clamp_min(1e-8)
+    mlp = nn.Sequential(nn.Linear(x.shape[1], 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 1))
+    optimizer = torch.optim.Adam(mlp.parameters(), lr=3e-3)
+    xs, ys = (x - mean) / std, ((y - y_mean) / y_std)[:, None]
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(mlp(xs), ys).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return mlp(xs)[:, 0] * y_std + y_mean
+
+
+def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: np.ndarray) -> bool:
+    """SRBench's rule: ``found - truth`` or ``found / truth`` simplifies to a constant."""
+    symbols = [sympy.Symbol(v, real=True) for v in variables]
+    with np.errstate(all="ignore"):
+        a = np.broadcast_to(sympy.lambdify(symbols, found, "numpy")(*x.T), (x.shape[0],)).astype(np.float64)
+        b = np.broadcast_to(sympy.lambdify(symbols, truth, "numpy")(*x.T), (x.shape[0],)).astype(np.float64)
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return False
+    diff, ratio = a - b, a / b
+    close_diff = np.ptp(diff) <= 1e-6 * max(np.ptp(b), np.abs(b).max())
+    close_ratio = np.all(np.isfinite(ratio)) and np.ptp(ratio) <= 1e-6 * max(abs(np.median(ratio)), 1e-12)
+    if not (close_diff or close_ratio):
+        return False
+    if not sympy.simplify(found - truth).free_symbols:
+        return True
+    ratio_expr = sympy.simplify(found / truth)
+    return not ratio_expr.free_symbols and ratio_expr != 0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"equation table (default: {DEFAULT_CSV})")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N equations")
+    parser.add_argument("--seconds-per-equation", type=float, default=60.0, help="budget per equation (default 60)")
+    parser.add_argument("--samples", type=int, default=1000, help="samples per equation (default 1000)")
+    parser.add_argument("--via-mlp", action="store_true", help="distil from an MLP teacher fitted to the samples")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # small students: threads only add synchronisation
+    logging.basicConfig(level=logging.ERROR)
+
+    equations = read_equations(args.csv)[: args.limit]
+    source = "via an MLP teacher" if args.via_mlp else "directly from data"
+    print(f"{len(equations)} equations from {args.csv}; {args.samples} samples; {source}; "
+          f"budget {args.seconds_per_equation:.0f} s")  # fmt: skip
+    print(f"{'equation':<12}{'vars':>5}{'ok':>4}{'R2 val':>12}{'s':>7}  found")
+    rows = []
+    for eq in equations:
+        start = time.perf_counter()
+        x, y, truth = sample(eq, args.samples, args.seed)
+        target = fit_mlp_teacher(x, y, seed=args.seed) if args.via_mlp else y
+        try:
+            config = DiscoverConfig(seed=args.seed, seconds=0.6 * args.seconds_per_equation)
+            found = discover_formula(x, target, eq.variables, config)
+            expr, r2 = found.expression, found.r2_validation
+            ok = is_recovered(expr, truth, eq.variables, x.double().numpy())
+        except Exception as err:  # a benchmark records a failure and goes on
+            expr, r2, ok = sympy.Symbol(f"<failed: {type(err).__name__}>"), float("nan"), False
+        seconds = time.perf_counter() - start
+        ok = ok and seconds <= args.seconds_per_equation
+        rows.append({"equation": eq.name, "recovered": ok, "seconds": seconds, "r2": r2, "found": str(expr)})
+        mark = "yes" if ok else "no"
+        print(f"{eq.name:<12}{len(eq.variables):>5}{mark:>4}{r2:>12.6f}{seconds:>7.1f}  {str(expr)[:80]}", flush=True)
+
+    recovered = sum(r["recovered"] for r in rows)
+    summary = {
+        "total": len(rows),
+        "recovered": recovered,
+        "rate": recovered / max(len(rows), 1),
+        "median_seconds": statistics.median(r["seconds"] for r in rows) if rows else None,
+        "via_mlp": args.via_mlp,
+        "samples": args.samples,
+        "seconds_per_equation": args.seconds_per_equation,
+        "csv": str(args.csv),
+    }
+    print(f"recovered {recovered} of {len(rows)} ({summary['rate']:.1%}); median {summary['median_seconds']:.1f} s")
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""discover_formula: laws found from data, checked by sympy."""
+
+import pytest
+import sympy
+import torch
+
+from distill.discover import DiscoverConfig, discover_formula
+
+
+def samples(n: int, low: float, high: float, d: int, seed: int) -> torch.Tensor:
+    return low + torch.rand(n, d, generator=torch.Generator().manual_seed(seed)) * (high - low)
+
+
+def test_a_monomial_is_found_through_its_logarithm():
+    """Coulomb-like q1 q2 / r^2 needs no hidden layer once the target's log is taken."""
+    x = samples(600, 1.0, 5.0, 3, seed=0)
+    y = x[:, 0] * x[:, 1] / x[:, 2] ** 2
+    found = discover_formula(x, y, ["q1", "q2", "r"], DiscoverConfig(seed=0))
+    q1, q2, r = sympy.symbols("q1 q2 r", real=True)
+    ratio = sympy.simplify(found.expression / (q1 * q2 / r**2))
+    assert not ratio.free_symbols and abs(float(ratio) - 1) < 1e-3
+    assert found.r2_validation > 0.999999
+    assert found.candidates["log [3, 1]"] > 0.99999  # the log trick alone needs no hidden layer
+
+
+def test_an_additive_law_is_found_without_a_hidden_layer():
+    x = samples(600, -1.0, 1.0, 2, seed=1)
+    y = 3 * x[:, 0] ** 2 + torch.sin(2 * x[:, 1])
+    found = discover_formula(x, y, ["u", "v"], DiscoverConfig(seed=0))
+    u, v = sympy.symbols("u v", real=True)
+    difference = sympy.simplify(found.expression - (3 * u**2 + sympy.sin(2 * v)))
+    assert not difference.free_symbols and abs(float(difference)) < 1e-3
+    assert found.transform == "identity [2, 1]"
+
+
+def test_bad_targets_are_refused():
+    x = samples(10, 0.0, 1.0, 2, seed=2)
+    with pytest.raises(ValueError, match="NaN"):
+        discover_formula(x, torch.full((10,), float("nan")), ["a", "b"])
+    with pytest.raises(ValueError, match="features"):
+        discover_formula(x, x[:, 0], ["a"])
