@@ -21,9 +21,11 @@ import argparse
 import csv
 import json
 import logging
+import signal
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +117,22 @@ def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: 
     return not ratio_expr.free_symbols and ratio_expr != 0
 
 
+@contextmanager
+def time_limit(seconds: float):
+    """Raise ``TimeoutError`` in this (main) thread after ``seconds``: sympy can run for hours."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"over {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"equation table (default: {DEFAULT_CSV})")
@@ -138,10 +156,11 @@ def main(argv: list[str] | None = None) -> dict:
         x, y, truth = sample(eq, args.samples, args.seed)
         target = fit_mlp_teacher(x, y, seed=args.seed) if args.via_mlp else y
         try:
-            config = DiscoverConfig(seed=args.seed, seconds=0.6 * args.seconds_per_equation)
-            found = discover_formula(x, target, eq.variables, config)
-            expr, r2 = found.expression, found.r2_validation
-            ok = is_recovered(expr, truth, eq.variables, x.double().numpy())
+            with time_limit(1.5 * args.seconds_per_equation):
+                config = DiscoverConfig(seed=args.seed, seconds=0.6 * args.seconds_per_equation)
+                found = discover_formula(x, target, eq.variables, config)
+                expr, r2 = found.expression, found.r2_validation
+                ok = is_recovered(expr, truth, eq.variables, x.double().numpy())
         except Exception as err:  # a benchmark records a failure and goes on
             expr, r2, ok = sympy.Symbol(f"<failed: {type(err).__name__}>"), float("nan"), False
         seconds = time.perf_counter() - start
