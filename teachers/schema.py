@@ -140,7 +140,7 @@ class FeatureSchema:
             if isinstance(feature, CategoricalFeature):
                 batch[feature.name] = [feature.values[int(i)] for i in column]
             elif feature.integer:
-                batch[feature.name] = [int(round(v)) for v in column]
+                batch[feature.name] = [int(v) for v in np.round(column)]
             else:
                 batch[feature.name] = [float(v) for v in column]
         return batch
