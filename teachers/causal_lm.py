@@ -193,7 +193,7 @@ class CausalLMTeacher(Teacher):
         tapped = recorder.read() if self.taps else {}
         logprobs = logits.log_softmax(-1)
         scores, raw = [], []
-        for label, ids in self.label_ids.items():
+        for ids in self.label_ids.values():
             raw.append(logits[:, ids[0]])
             if len(ids) == 1:
                 scores.append(logprobs[:, ids[0]])
