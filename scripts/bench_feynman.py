@@ -18,7 +18,6 @@ Prints a table and, as its last line, one JSON object with ``total``, ``recovere
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import signal
@@ -26,7 +25,6 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,46 +38,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.discover import DiscoverConfig, discover_formula
-from distill.formula import parse_formula
-
-DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "feynman" / "FeynmanEquations.csv"
-
-
-@dataclass
-class Equation:
-    name: str
-    formula: str
-    variables: list[str]
-    ranges: list[tuple[float, float]]
-
-
-def read_equations(path: Path) -> list[Equation]:
-    """The equations of an AI Feynman CSV (blank rows skipped); errors name the row and field."""
-    if not path.is_file():
-        raise SystemExit(f"bench_feynman: no equation table at {path} (pass --csv FILE)")
-    equations = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            if not (row.get("Filename") or "").strip():
-                continue
-            try:
-                n = int(row["# variables"])
-                names = [row[f"v{k}_name"].strip() for k in range(1, n + 1)]
-                ranges = [(float(row[f"v{k}_low"]), float(row[f"v{k}_high"])) for k in range(1, n + 1)]
-            except (KeyError, ValueError, TypeError) as err:
-                raise SystemExit(f"bench_feynman: {path}:{line}: bad variable fields ({err})") from None
-            equations.append(Equation(row["Filename"].strip(), row["Formula"].strip(), names, ranges))
-    return equations
-
-
-def sample(eq: Equation, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, sympy.Expr]:
-    """``n`` uniform samples of the variables, the formula's values there, and the formula."""
-    truth = parse_formula(eq.formula, eq.variables)
-    rng = np.random.default_rng(seed)
-    x = np.column_stack([rng.uniform(lo, hi, n) for lo, hi in eq.ranges])
-    fn = sympy.lambdify([sympy.Symbol(v, real=True) for v in eq.variables], truth, "numpy")
-    y = np.broadcast_to(np.asarray(fn(*x.T), dtype=np.float64), (n,))
-    return torch.from_numpy(x).float(), torch.from_numpy(y.copy()).float(), truth
+from distill.feynman import DEFAULT_CSV, FeynmanTableError, read_feynman_csv
 
 
 def fit_mlp_teacher(x: torch.Tensor, y: torch.Tensor, steps: int = 2000, seed: int = 0) -> torch.Tensor:
@@ -145,7 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)  # small students: threads only add synchronisation
     logging.basicConfig(level=logging.ERROR)
 
-    equations = read_equations(args.csv)[: args.limit]
+    try:
+        equations = read_feynman_csv(args.csv)[: args.limit]
+    except FeynmanTableError as err:
+        raise SystemExit(f"bench_feynman: {err}") from None
     source = "via an MLP teacher" if args.via_mlp else "directly from data"
     print(f"{len(equations)} equations from {args.csv}; {args.samples} samples; {source}; "
           f"budget {args.seconds_per_equation:.0f} s")  # fmt: skip
@@ -153,14 +115,15 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for eq in equations:
         start = time.perf_counter()
-        x, y, truth = sample(eq, args.samples, args.seed)
+        x, y = eq.sample(args.samples, args.seed)
+        truth = eq.expression()
         target = fit_mlp_teacher(x, y, seed=args.seed) if args.via_mlp else y
         try:
             with time_limit(1.5 * args.seconds_per_equation):
                 config = DiscoverConfig(seed=args.seed, seconds=0.6 * args.seconds_per_equation)
-                found = discover_formula(x, target, eq.variables, config)
+                found = discover_formula(x, target, list(eq.variables), config)
                 expr, r2 = found.expression, found.r2_validation
-                ok = is_recovered(expr, truth, eq.variables, x.double().numpy())
+                ok = is_recovered(expr, truth, list(eq.variables), x.double().numpy())
         except Exception as err:  # a benchmark records a failure and goes on
             expr, r2, ok = sympy.Symbol(f"<failed: {type(err).__name__}>"), float("nan"), False
         seconds = time.perf_counter() - start

@@ -168,7 +168,7 @@ class CausalLMTeacher(Teacher):
     def prompts(self, batch: Batch) -> list[str]:
         return self.template.render(self.schema, batch)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         token_ids = self.tokenizer(self.prompts(batch), add_special_tokens=True)["input_ids"]
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))

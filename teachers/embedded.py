@@ -92,7 +92,7 @@ def build_loan_llama(
     folder: str | Path,
     rule: LoanRule | None = None,
     *,
-    steps: int = 1500,
+    steps: int = 800,
     batch_size: int = 128,
     seed: int = 0,
     seconds: float = 120.0,
@@ -147,7 +147,7 @@ def diabetes_teacher(hidden: tuple[int, ...] = (64, 64), steps: int = 3000, seed
     data = load_diabetes()
     x = torch.as_tensor(data.data, dtype=torch.float32)
     y = torch.as_tensor(data.target, dtype=torch.float32)[:, None]
-    lows, highs = x.min(0).values, x.max(0).values
+    lows, highs = data.data.min(0), data.data.max(0)
     schema = FeatureSchema(tuple(NumericFeature(name, float(lo), float(hi))
                                  for name, lo, hi in zip(data.feature_names, lows, highs, strict=True)))  # fmt: skip
     return MLPTeacher(train_mlp(x, y, schema, hidden, steps=steps, seed=seed), schema, ["progression"])

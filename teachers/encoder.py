@@ -129,7 +129,7 @@ class EncoderTeacher(Teacher):
     def outputs(self) -> list[str]:
         return [f"cosine[{name}]" for name in self.references]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
         """Mean-pooled, L2-normalised embeddings ``(len(texts), hidden)`` float32, in the order of ``texts``.
 
@@ -155,7 +155,7 @@ class EncoderTeacher(Teacher):
             self._reference_embeddings = self.embed(list(self.references.values()))
         return self._reference_embeddings
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         texts = self.template.render(self.schema, batch)
         if not texts:

@@ -99,7 +99,7 @@ class MLPTeacher(Teacher):
     def outputs(self) -> list[str]:
         return list(self._outputs)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         x = torch.as_tensor(self.schema.encode(batch), dtype=torch.float32)
         y = torch.cat([self.module(chunk) for chunk in x.split(self.batch_size)]) if len(x) else x.new_zeros(0, 1)

@@ -32,6 +32,8 @@ class NumericFeature:
     integer: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "low", float(self.low))
+        object.__setattr__(self, "high", float(self.high))
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
             raise SchemaError(
                 f"feature {self.name!r}: expected a finite range low < high, got [{self.low}, {self.high}]"

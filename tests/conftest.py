@@ -14,3 +14,18 @@ def feynman_rows() -> list[dict[str, str]]:
         pytest.skip(f"the Feynman equation table is missing: expected {FEYNMAN_CSV}")
     with FEYNMAN_CSV.open(encoding="utf-8-sig", newline="") as f:
         return [row for row in csv.DictReader(f) if row["Filename"]]
+
+
+@pytest.fixture(scope="session")
+def loan_llama(tmp_path_factory) -> Path:
+    """The embedded loan Llama with a planted protected-attribute effect, trained once per session."""
+    import torch
+
+    from teachers.embedded import LoanRule, build_loan_llama
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_loan_llama(tmp_path_factory.mktemp("loan_llama"), LoanRule(protected_effect=-1.0), seed=0)
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,86 @@
+"""The AI Feynman equation table: read it, sample an equation, and train an MLP teacher on one.
+
+The table (``Filename, Number, Output, Formula, # variables, v1_name, v1_low, v1_high, ...``) lives
+in ``../shared/benchmarks/feynman/FeynmanEquations.csv`` beside the project and is read in place.
+Formulas are parsed by `distill.formula.parse_formula` (an allow-listed AST walk), never evaluated.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sympy
+import torch
+
+from distill.formula import parse_formula
+from teachers.mlp import MLPTeacher, train_mlp
+from teachers.schema import FeatureSchema, NumericFeature
+
+DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "feynman" / "FeynmanEquations.csv"
+
+
+class FeynmanTableError(ValueError):
+    """A missing or malformed equation table; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class FeynmanEquation:
+    name: str
+    formula: str
+    variables: tuple[str, ...]
+    ranges: tuple[tuple[float, float], ...]
+
+    def expression(self) -> sympy.Expr:
+        return parse_formula(self.formula, list(self.variables))
+
+    def schema(self) -> FeatureSchema:
+        return FeatureSchema(tuple(NumericFeature(v, lo, hi) for v, (lo, hi) in zip(self.variables, self.ranges,
+                                                                                   strict=True)))  # fmt: skip
+
+    def sample(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` uniform samples ``(n, n_variables)`` and the formula's values there ``(n,)``, float32."""
+        rng = np.random.default_rng(seed)
+        x = np.column_stack([rng.uniform(lo, hi, n) for lo, hi in self.ranges])
+        symbols = [sympy.Symbol(v, real=True) for v in self.variables]
+        y = np.broadcast_to(np.asarray(sympy.lambdify(symbols, self.expression(), "numpy")(*x.T), np.float64), (n,))
+        return torch.from_numpy(x).float(), torch.from_numpy(y.copy()).float()
+
+
+def read_feynman_csv(path: str | Path = DEFAULT_CSV) -> list[FeynmanEquation]:
+    """The equations of an AI Feynman CSV, blank rows skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeynmanTableError(f"no Feynman equation table at {path} (expected ../shared/benchmarks/feynman/"
+                                "FeynmanEquations.csv beside the project, or pass a path)")  # fmt: skip
+    equations = []
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            if not (row.get("Filename") or "").strip():
+                continue
+            try:
+                n = int(row["# variables"])
+                names = tuple(row[f"v{k}_name"].strip() for k in range(1, n + 1))
+                ranges = tuple((float(row[f"v{k}_low"]), float(row[f"v{k}_high"])) for k in range(1, n + 1))
+            except (KeyError, ValueError, TypeError) as err:
+                raise FeynmanTableError(f"{path}:{line}: bad variable fields ({err})") from None
+            equations.append(FeynmanEquation(row["Filename"].strip(), row["Formula"].strip(), names, ranges))
+    return equations
+
+
+def feynman_equation(name: str, path: str | Path = DEFAULT_CSV) -> FeynmanEquation:
+    equations = {eq.name: eq for eq in read_feynman_csv(path)}
+    if name not in equations:
+        raise FeynmanTableError(f"{path}: no equation {name!r}; it has {sorted(equations)[:5]}...")
+    return equations[name]
+
+
+def feynman_teacher(name: str = "I.12.1", path: str | Path = DEFAULT_CSV, *, samples: int = 4000,
+                    hidden: tuple[int, ...] = (64, 64), steps: int = 3000, seed: int = 0) -> MLPTeacher:  # fmt: skip
+    """An MLP teacher trained on ``samples`` draws of one Feynman equation (default I.12.1, F = mu N_n)."""
+    equation = feynman_equation(name, path)
+    x, y = equation.sample(samples, seed)
+    schema = equation.schema()
+    return MLPTeacher(train_mlp(x, y[:, None], schema, hidden, steps=steps, seed=seed), schema, [equation.name])

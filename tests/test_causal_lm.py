@@ -1,0 +1,163 @@
+"""CausalLMTeacher on a tiny Llama saved and loaded like a real one: exact label scores, taps, errors."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from teachers.base import TeacherError
+from teachers.causal_lm import CausalLMTeacher
+from teachers.embedded import word_tokenizer
+from teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature, SchemaError
+
+JOBS = ("clerk", "senior software engineer", "retired teacher of classical music")
+SCHEMA = FeatureSchema((NumericFeature("income", 0, 20, integer=True), CategoricalFeature("job", JOBS)))
+TEMPLATE = "income {income} job {job} . approve ? answer :"
+LABELS = {"yes": " yes", "no": " no", "unsure": " not sure"}  # the last label has two tokens
+BATCH = {"income": [3, 17, 0, 9, 12, 20, 5, 8, 1, 14, 6, 19, 2], "job": [JOBS[i % 3] for i in range(13)]}
+TAPS = ["layers.*.attn.heads.*.out", "layers.*.attn.heads.*.dla[yes-no]", "layers.1.mlp.neurons.3"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A random 2-layer Llama (4 query heads over 2 key/value heads), weights large enough to matter."""
+    torch.manual_seed(0)
+    tokenizer = word_tokenizer(TEMPLATE, SCHEMA, ["yes", "no", "not", "sure"])
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def load(folder, **options) -> CausalLMTeacher:
+    return CausalLMTeacher.from_pretrained(folder, SCHEMA, TEMPLATE, LABELS, **options)
+
+
+def by_hand(teacher: CausalLMTeacher, prompt: str) -> torch.Tensor:
+    """One prompt, no padding, one teacher-forced forward per label: renormalised label log-probs."""
+    ids = teacher.tokenizer(prompt)["input_ids"]
+    scores = []
+    for word in LABELS.values():
+        label = teacher.tokenizer(word, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logprobs = teacher.model(torch.tensor([ids + label[:-1]])).logits[0].log_softmax(-1)
+        scores.append(sum(logprobs[len(ids) - 1 + j, t] for j, t in enumerate(label)))
+    scores = torch.stack(scores)
+    return scores - scores.logsumexp(0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_label_logprobs_equal_a_hand_written_forward(folder, batch_size):
+    teacher = load(folder, batch_size=batch_size)
+    out = teacher(BATCH)
+    expected = torch.stack([by_hand(teacher, p) for p in teacher.prompts(BATCH)])
+    got = torch.stack([out[f"logprob[{label}]"] for label in LABELS], 1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert expected.std(0).min() > 0.05, "the check needs label scores that vary between prompts"
+    lengths = {len(teacher.tokenizer(p)["input_ids"]) for p in teacher.prompts(BATCH)}
+    assert len(lengths) == 3, "prompts of several lengths, so batches of 7 are padded"
+
+
+def test_taps_decompose_the_attention_output_and_the_logit_difference(folder):
+    teacher = load(folder, taps=TAPS)
+    parts = {}
+    decoder = teacher.model.get_decoder()
+
+    def keep(name, take_input):
+        def hook(module, args, output):
+            parts[name] = (args[0] if take_input else output)[0, -1].float()
+
+        return hook
+
+    handles = [decoder.embed_tokens.register_forward_hook(keep("embed", False))]
+    for i, layer in enumerate(decoder.layers):
+        handles += [layer.self_attn.o_proj.register_forward_hook(keep(f"attn{i}", False)),
+                    layer.mlp.register_forward_hook(keep(f"mlp{i}", False)),
+                    layer.mlp.down_proj.register_forward_hook(keep(f"neurons{i}", True))]  # fmt: skip
+    row = {"income": [9], "job": [JOBS[2]]}
+    out = teacher(row)
+    with torch.no_grad():
+        teacher.model(torch.tensor([teacher.tokenizer(teacher.prompts(row)[0])["input_ids"]]))
+    for handle in handles:
+        handle.remove()
+
+    n_heads, head_dim = 4, 8  # query heads, not the 2 key/value heads
+    assert sum(name.endswith(".out") for name in teacher.outputs) == 2 * n_heads
+    for i, layer in enumerate(decoder.layers):
+        w_o = layer.self_attn.o_proj.weight
+        writes = [out[f"layers.{i}.attn.heads.{h}.out"][0] @ w_o[:, h * head_dim : (h + 1) * head_dim].T
+                  for h in range(n_heads)]  # fmt: skip
+        torch.testing.assert_close(sum(writes), parts[f"attn{i}"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["layers.1.mlp.neurons.3"][0], parts["neurons1"][3], atol=1e-6, rtol=0)
+
+    # The rest of the residual stream: embeddings and MLP outputs, through the same linearised norm.
+    resid = parts["embed"] + sum(parts[f"attn{i}"] + parts[f"mlp{i}"] for i in range(2))
+    norm = decoder.norm
+    scale = norm.weight * torch.rsqrt(resid.pow(2).mean() + norm.variance_epsilon)
+    yes, no = (teacher.label_ids[k][0] for k in ("yes", "no"))
+    unembed = teacher.model.get_output_embeddings().weight
+    rest = ((parts["embed"] + parts["mlp0"] + parts["mlp1"]) * scale) @ (unembed[yes] - unembed[no])
+    heads = sum(out[f"layers.{i}.attn.heads.{h}.dla[yes-no]"][0] for i in range(2) for h in range(n_heads))
+    difference = out["logit[yes]"][0] - out["logit[no]"][0]
+    # float32 sums of terms of size ~1: rounding is ~1e-6 per term; 1e-4 leaves room, a wrong slice misses by ~1.
+    assert abs(difference.item()) > 0.1
+    torch.testing.assert_close(heads + rest, difference, atol=1e-4, rtol=0)
+
+
+def test_top_k_keeps_the_head_of_the_distribution_and_the_tail_mass(folder):
+    teacher = load(folder, top_k=5)
+    out = teacher(BATCH)
+    ids = teacher.tokenizer(teacher.prompts(BATCH)[0])["input_ids"]
+    with torch.no_grad():
+        full = teacher.model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+    top = full.topk(5)
+    torch.testing.assert_close(out["next_token.topk_logprobs"][0], top.values, atol=1e-5, rtol=0)
+    assert out["next_token.topk_ids"][0].tolist() == top.indices.tolist()
+    torch.testing.assert_close(out["next_token.tail_mass"][0], 1 - top.values.exp().sum(), atol=1e-5, rtol=0)
+
+
+def test_fingerprint_names_weights_template_labels_and_taps(folder, tmp_path):
+    base = load(folder).fingerprint()
+    assert load(folder).fingerprint() == base
+    assert CausalLMTeacher.from_pretrained(folder, SCHEMA, TEMPLATE + " ?", LABELS).fingerprint() != base
+    assert CausalLMTeacher.from_pretrained(folder, SCHEMA, TEMPLATE, {"yes": " yes", "no": " no"}).fingerprint() != base
+    assert load(folder, taps=["layers.0.mlp.neurons.1"]).fingerprint() != base
+    teacher = load(folder)
+    with torch.no_grad():
+        teacher.model.lm_head.weight[0, 0] += 1
+    teacher.model.save_pretrained(tmp_path)
+    teacher.tokenizer.save_pretrained(tmp_path)
+    assert load(tmp_path).fingerprint() != base
+
+
+def test_bad_input_is_named(folder, tmp_path):
+    with pytest.raises(TeacherError, match=r"slot \{salary\} has no feature"):
+        CausalLMTeacher.from_pretrained(folder, SCHEMA, "salary {salary} answer :", LABELS)
+    with pytest.raises(TeacherError, match="label 'maybe'.*' perhaps'"):
+        CausalLMTeacher.from_pretrained(folder, SCHEMA, TEMPLATE, {"yes": " yes", "maybe": " perhaps"})
+    with pytest.raises(SchemaError, match="'income': value 21.0 is outside"):
+        load(folder)({"income": [21], "job": ["clerk"]})
+    with pytest.raises(SchemaError, match="'job': value 'pilot'"):
+        load(folder)({"income": [2], "job": ["pilot"]})
+    with pytest.raises(TeacherError, match="heads.9"):
+        load(folder, taps=["layers.0.attn.heads.9.out"])
+    with pytest.raises(TeacherError, match="expected layers"):
+        load(folder, taps=["layers.0.attention"])
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    with pytest.raises(TeacherError, match=f"model folder {tmp_path} has no weights"):
+        load(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(TeacherError, match="never pickles"):
+        load(tmp_path)
+    with pytest.raises(TeacherError, match="does not exist"):
+        load(tmp_path / "missing")
