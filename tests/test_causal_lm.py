@@ -143,21 +143,21 @@ def test_fingerprint_names_weights_template_labels_and_taps(folder, tmp_path):
 def test_bad_input_is_named(folder, tmp_path):
     with pytest.raises(TeacherError, match=r"slot \{salary\} has no feature"):
         CausalLMTeacher.from_pretrained(folder, SCHEMA, "salary {salary} answer :", LABELS)
-    with pytest.raises(TeacherError, match="label 'maybe'.*' perhaps'"):
+    with pytest.raises(TeacherError, match=r"label 'maybe'.*' perhaps'"):
         CausalLMTeacher.from_pretrained(folder, SCHEMA, TEMPLATE, {"yes": " yes", "maybe": " perhaps"})
-    with pytest.raises(SchemaError, match="'income': value 21.0 is outside"):
+    with pytest.raises(SchemaError, match=r"'income': value 21.0 is outside"):
         load(folder)({"income": [21], "job": ["clerk"]})
-    with pytest.raises(SchemaError, match="'job': value 'pilot'"):
+    with pytest.raises(SchemaError, match=r"'job': value 'pilot'"):
         load(folder)({"income": [2], "job": ["pilot"]})
-    with pytest.raises(TeacherError, match="heads.9"):
+    with pytest.raises(TeacherError, match=r"heads.9"):
         load(folder, taps=["layers.0.attn.heads.9.out"])
-    with pytest.raises(TeacherError, match="expected layers"):
+    with pytest.raises(TeacherError, match=r"expected layers"):
         load(folder, taps=["layers.0.attention"])
     (tmp_path / "config.json").write_text((folder / "config.json").read_text())
     with pytest.raises(TeacherError, match=f"model folder {tmp_path} has no weights"):
         load(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
-    with pytest.raises(TeacherError, match="never pickles"):
+    with pytest.raises(TeacherError, match=r"never pickles"):
         load(tmp_path)
-    with pytest.raises(TeacherError, match="does not exist"):
+    with pytest.raises(TeacherError, match=r"does not exist"):
         load(tmp_path / "missing")

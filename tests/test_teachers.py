@@ -21,13 +21,13 @@ def test_schema_encodes_decodes_and_names_bad_values():
     np.testing.assert_array_equal(x, [[0.5, 3, 2], [-1, 10, 0]])
     assert SCHEMA.decode(x) == batch
     assert FeatureSchema.from_dict(SCHEMA.to_dict()) == SCHEMA
-    with pytest.raises(SchemaError, match="'x': value 1.5 is outside its range"):
+    with pytest.raises(SchemaError, match=r"'x': value 1.5 is outside its range"):
         SCHEMA.encode({**batch, "x": [1.5, 0]})
-    with pytest.raises(SchemaError, match="'x': value nan"):
+    with pytest.raises(SchemaError, match=r"'x': value nan"):
         SCHEMA.encode({**batch, "x": [float("nan"), 0]})
-    with pytest.raises(SchemaError, match="'n': expected an integer, got 2.5"):
+    with pytest.raises(SchemaError, match=r"'n': expected an integer, got 2.5"):
         SCHEMA.encode({**batch, "n": [2.5, 1]})
-    with pytest.raises(SchemaError, match="'c': value 'd' is not one of"):
+    with pytest.raises(SchemaError, match=r"'c': value 'd' is not one of"):
         SCHEMA.encode({**batch, "c": ["d", "a"]})
     with pytest.raises(SchemaError, match=r"lack features \['c'\]"):
         SCHEMA.encode({"x": [0.0], "n": [1]})
@@ -56,11 +56,11 @@ def test_mlp_teacher_round_trips_through_safetensors(tmp_path):
 
     custom = MLPTeacher(Custom(), SCHEMA, ["y"])
     custom.save_pretrained(tmp_path / "custom")
-    with pytest.raises(TeacherError, match="pass module="):
+    with pytest.raises(TeacherError, match=r"pass module="):
         MLPTeacher.from_pretrained(tmp_path / "custom")
     again = MLPTeacher.from_pretrained(tmp_path / "custom", module=Custom())
     torch.testing.assert_close(again(batch)["y"], custom(batch)["y"])
-    with pytest.raises(TeacherError, match="nowhere: missing config.json"):
+    with pytest.raises(TeacherError, match=r"nowhere: missing config.json"):
         MLPTeacher.from_pretrained(tmp_path / "nowhere")
 
 
@@ -90,5 +90,5 @@ def test_diabetes_and_feynman_teachers_fit_their_data(feynman_rows):
     x = torch.tensor([[1.5, 2.0], [1.0, 3.0], [4.0, 4.5]])
     y = teacher(dict(zip(teacher.schema.names, x.T.tolist(), strict=True)))["I.12.1"]
     torch.testing.assert_close(y, x[:, 0] * x[:, 1], atol=0.05, rtol=0.01)
-    with pytest.raises(FeynmanTableError, match="no equation 'I.999'"):
+    with pytest.raises(FeynmanTableError, match=r"no equation 'I.999'"):
         feynman_teacher("I.999")
