@@ -39,7 +39,7 @@ from scipy.stats import qmc
 from tqdm.auto import tqdm
 
 from students.persistence import atomic_write_bytes
-from teachers.base import Teacher, hash_files, hash_json
+from teachers.base import Teacher, hash_files, hash_json, process_state
 from teachers.schema import Batch, CategoricalFeature, FeatureSchema, SchemaError
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ def sample_inputs(schema: FeatureSchema, n: int, method: str = "uniform", seed: 
         n_categories = math.prod(len(f.values) for f in schema.features if isinstance(f, CategoricalFeature))
         per_axis = max(2, round((n / n_categories) ** (1 / max(len(numeric), 1))))
         axes = [np.arange(len(f.values), dtype=np.float64) if isinstance(f, CategoricalFeature)
+                else np.unique(np.round(np.linspace(f.low, f.high, per_axis))) if f.integer
                 else np.linspace(f.low, f.high, per_axis) for f in schema.features]  # fmt: skip
-        unit = None
         x = np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
     else:
         rng = np.random.default_rng(seed)
@@ -203,12 +203,12 @@ def _answer(teacher: Teacher, batch: dict[str, list], start: int) -> dict[str, n
     return columns
 
 
-def _write_shard(folder: Path, columns: Mapping[str, Any], rows: tuple[int, int], key_hash: str) -> None:
+def _write_shard(folder: Path, columns: Mapping[str, Any], rows: tuple[int, int], key_hash: str, process: int) -> None:
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     with quiet_datasets():
         datasets.Dataset.from_dict(dict(columns)).save_to_disk(str(tmp))
-    _write_json(tmp / "shard.json", {"rows": list(rows), "hash": _shard_hash(tmp), "key": key_hash})
+    _write_json(tmp / "shard.json", {"rows": list(rows), "hash": _shard_hash(tmp), "key": key_hash, "process": process})
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -226,7 +226,7 @@ def generate_targets(
     Under ``accelerate launch`` (or torchrun) every process computes its share of shards; the main
     process merges them. Returns the merged cache on every process.
     """
-    state = state or PartialState()
+    state = state or process_state()
     folder = Path(folder)
     if shard_size < 1:
         raise CacheError(f"shard_size: expected a positive integer, got {shard_size}")
@@ -262,7 +262,7 @@ def generate_targets(
             continue
         batch = {name: column[span[0] : span[1]] for name, column in inputs.items()}
         columns = {**batch, **_answer(teacher, batch, span[0])}
-        _write_shard(path, columns, span, key_hash)
+        _write_shard(path, columns, span, key_hash, state.process_index)
         done += 1
     logger.info("process %d: computed %d of its %d shards", state.process_index, done, len(mine))
     state.wait_for_everyone()

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 
 from teachers.schema import Batch, FeatureSchema
+
+
+def process_state() -> PartialState:
+    """This process's accelerate state; without a GPU, a torchrun/``accelerate launch`` run uses gloo on CPUs."""
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 class TeacherError(ValueError):

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from teachers.base import Teacher, TeacherError, hash_files, hash_json, hash_tensors
+from teachers.base import Teacher, TeacherError, hash_files, hash_json, hash_tensors, process_state
 from teachers.schema import Batch, FeatureSchema
 from teachers.taps import LlamaParts, TapRecorder, parse_taps
 from teachers.template import Template
@@ -141,7 +140,7 @@ class CausalLMTeacher(Teacher):
         process's accelerate device; ``device_map="auto"`` spreads a model larger than one GPU.
         """
         source = str(check_model_folder(path_or_id)) if is_local(path_or_id) else str(path_or_id)
-        device = torch.device(device) if device is not None else PartialState().device
+        device = torch.device(device) if device is not None else process_state().device
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)

@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 import transformers
-from accelerate import PartialState
 from packaging.version import Version
 from torch.nn import functional as F
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from teachers.base import Teacher, TeacherError, hash_files, hash_json, hash_tensors
+from teachers.base import Teacher, TeacherError, hash_files, hash_json, hash_tensors, process_state
 from teachers.schema import Batch, FeatureSchema
 from teachers.template import Template
 
@@ -108,7 +107,7 @@ class EncoderTeacher(Teacher):
             raise TeacherError(f"{folder}: no such model folder")
         if folder is not None and not weight_files(folder):
             raise TeacherError(f"{folder}: no weights (expected *.safetensors, pytorch_model.bin or their index json)")
-        device = torch.device(device) if device is not None else PartialState().device
+        device = torch.device(device) if device is not None else process_state().device
         dtype = getattr(torch, dtype, dtype) if isinstance(dtype, str) else dtype
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
