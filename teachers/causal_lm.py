@@ -22,37 +22,13 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from teachers.base import Teacher, TeacherError, hash_files, hash_json, hash_tensors, process_state
+from teachers.base import Teacher, TeacherError, hash_json, process_state
+from teachers.loading import model_weights_digest, resolve_dtype, resolve_source, tokenizer_digest
 from teachers.schema import Batch, FeatureSchema
 from teachers.taps import LlamaParts, TapRecorder, parse_taps
 from teachers.template import Template
 
 logger = logging.getLogger(__name__)
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors weight files of a model folder (pickled ``.bin`` weights are never loaded)."""
-    return sorted(folder.glob("*.safetensors"))
-
-
-def check_model_folder(path: str | Path) -> Path:
-    """Raise `TeacherError` unless ``path`` is a folder with a ``config.json`` and safetensors weights."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise TeacherError(f"model folder {folder} does not exist")
-    if not (folder / "config.json").is_file():
-        raise TeacherError(f"model folder {folder} has no config.json")
-    if not weight_files(folder):
-        pickled = sorted(p.name for p in folder.glob("*.bin"))
-        hint = f" (it has {pickled}; kandistill loads safetensors only, never pickles)" if pickled else ""
-        raise TeacherError(f"model folder {folder} has no weights: expected model.safetensors{hint}")
-    return folder
-
-
-def is_local(path_or_id: str | Path) -> bool:
-    """A path (existing, or written like one) rather than a Hub id such as ``org/name``."""
-    text = str(path_or_id)
-    return Path(text).expanduser().exists() or text.startswith(("/", ".", "~")) or isinstance(path_or_id, Path)
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,11 +115,9 @@ class CausalLMTeacher(Teacher):
         ``dtype`` defaults to bfloat16 on a GPU and float32 on a CPU; ``device`` defaults to this
         process's accelerate device; ``device_map="auto"`` spreads a model larger than one GPU.
         """
-        source = str(check_model_folder(path_or_id)) if is_local(path_or_id) else str(path_or_id)
+        source = resolve_source(path_or_id)
         device = torch.device(device) if device is not None else process_state().device
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = resolve_dtype(dtype, device)
         options: dict[str, Any] = {"trust_remote_code": trust_remote_code, "revision": revision}
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **options)
@@ -218,7 +192,7 @@ class CausalLMTeacher(Teacher):
             "model": self.name_or_path,
             "revision": self.revision,
             "model_config": hash_json(self.model.config.to_json_string(use_diff=True)),
-            "tokenizer": hash_json(self.tokenizer.get_vocab()),
+            "tokenizer": tokenizer_digest(self.tokenizer),
             "template": self.template.text,
             "labels": self.labels,
             "label_tokens": self.label_ids,
@@ -229,7 +203,5 @@ class CausalLMTeacher(Teacher):
 
     def weights_digest(self) -> str:
         if self._weights_digest is None:
-            folder = Path(self.name_or_path)
-            files = weight_files(folder) if self.name_or_path and folder.is_dir() else []
-            self._weights_digest = hash_files(files) if files else hash_tensors(self.model.state_dict())
+            self._weights_digest = model_weights_digest(self.name_or_path, self.model)
         return self._weights_digest

@@ -9,43 +9,21 @@ per reference, so a student learns a scalar function of the inputs for each.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
-from packaging.version import Version
 from torch.nn import functional as F
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from teachers.base import Teacher, TeacherError, hash_files, hash_json, hash_tensors, process_state
+from teachers.base import Teacher, TeacherError, hash_json, process_state
+from teachers.loading import model_weights_digest, resolve_dtype, resolve_source, tokenizer_digest
 from teachers.schema import Batch, FeatureSchema
 from teachers.template import Template
 
 logger = logging.getLogger(__name__)
-
-WEIGHT_GLOBS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
-HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
-# `torch_dtype` became `dtype` in transformers 4.56; the old name warns in 5.x.
-DTYPE_KWARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The weight files of a model folder (safetensors, pytorch bins and their shard indexes)."""
-    return sorted({p for pattern in WEIGHT_GLOBS for p in folder.glob(pattern) if p.is_file()})
-
-
-def local_folder(path_or_id: str | Path) -> Path | None:
-    """The folder that ``path_or_id`` names, or None if it reads as a Hub id (``name`` or ``org/name``)."""
-    path = Path(path_or_id).expanduser()
-    text = str(path_or_id)
-    if isinstance(path_or_id, Path) or path.exists() or text.startswith((".", "~", "/")) or not HUB_ID.fullmatch(text):
-        return path
-    return None
 
 
 def check_references(references: Mapping[str, str]) -> dict[str, str]:
@@ -58,15 +36,6 @@ def check_references(references: Mapping[str, str]) -> dict[str, str]:
         if not isinstance(text, str) or not text.strip():
             raise TeacherError(f"references[{name!r}]: expected a non-empty text, got {text!r}")
     return dict(references)
-
-
-def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A hash of what decides the tokens: the tokenizer's vocabulary, normaliser and rules, not its padding state."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return hash_json({"class": type(tokenizer).__name__, "vocab": tokenizer.get_vocab()})
-    spec = json.loads(backend.to_str())
-    return hash_json({key: value for key, value in spec.items() if key not in ("truncation", "padding")})
 
 
 class EncoderTeacher(Teacher):
@@ -102,23 +71,15 @@ class EncoderTeacher(Teacher):
         """
         template.check(schema)
         check_references(references)
-        folder = local_folder(path_or_id)
-        if folder is not None and not folder.is_dir():
-            raise TeacherError(f"{folder}: no such model folder")
-        if folder is not None and not weight_files(folder):
-            raise TeacherError(f"{folder}: no weights (expected *.safetensors, pytorch_model.bin or their index json)")
+        source = resolve_source(path_or_id)
         device = torch.device(device) if device is not None else process_state().device
-        dtype = getattr(torch, dtype, dtype) if isinstance(dtype, str) else dtype
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TeacherError(f"dtype: expected a floating torch dtype, got {dtype!r}")
-        source = str(folder if folder is not None else path_or_id)
+        dtype = resolve_dtype(dtype, device)
         options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if revision is not None:
             options["revision"] = revision
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **options)
-            model = AutoModel.from_pretrained(source, **{DTYPE_KWARG: dtype}, **options)
+            model = AutoModel.from_pretrained(source, dtype=dtype, **options)
         except (OSError, ValueError) as err:
             raise TeacherError(f"{source}: cannot load an encoder and its tokenizer: {err}") from err
         logger.info("encoder teacher %s on %s in %s", source, device, dtype)
@@ -168,7 +129,7 @@ class EncoderTeacher(Teacher):
         return {
             "teacher": "encoder",
             "model": self.name_or_path,
-            "config": json.loads(json.dumps(self.model.config.to_dict(), default=str)),
+            "model_config": hash_json(self.model.config.to_json_string(use_diff=True)),
             "tokenizer": {"digest": self._tokenizer_digest, "max_length": self.tokenizer.model_max_length},
             "template": self.template.text,
             "references": dict(self.references),
@@ -178,7 +139,5 @@ class EncoderTeacher(Teacher):
 
     def weights_digest(self) -> str:
         if self._weights_digest is None:
-            folder = Path(self.name_or_path) if self.name_or_path else None
-            files = weight_files(folder) if folder is not None and folder.is_dir() else []
-            self._weights_digest = hash_files(files) if files else hash_tensors(self.model.state_dict())
+            self._weights_digest = model_weights_digest(self.name_or_path, self.model)
         return self._weights_digest

@@ -117,9 +117,9 @@ def test_fingerprint_follows_weights_template_and_references(tiny, tiny_folder, 
 
 def test_errors_name_the_problem(tiny, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(tiny.model.config.to_dict()))
-    with pytest.raises(TeacherError, match=re.escape(f"{tmp_path}: no weights")):
+    with pytest.raises(TeacherError, match=re.escape(f"model folder {tmp_path} has no weights")):
         EncoderTeacher.from_pretrained(tmp_path, SCHEMA, TEMPLATE, REFERENCES)
-    with pytest.raises(TeacherError, match="no such model folder"):
+    with pytest.raises(TeacherError, match="does not exist"):
         EncoderTeacher.from_pretrained(tmp_path / "absent", SCHEMA, TEMPLATE, REFERENCES)
     with pytest.raises(TeacherError, match=r"slot \{colour\} has no feature"):
         EncoderTeacher(tiny.model, tiny.tokenizer, SCHEMA, Template("A {colour} {item}."), REFERENCES)
