@@ -1,0 +1,81 @@
+"""Training checkpoints: a student, its optimiser's state and the loop's state, in one folder.
+
+The folder holds the KAN (``save_pretrained``: ``config.json`` + ``model.safetensors``), the
+optimiser's tensors (``optimizer.safetensors``; Adam's moments or L-BFGS's history) and
+``state.json`` (everything else: phase, step, members, the cache's fingerprint, the optimiser's
+non-tensor state). It is written whole under a temporary name and swapped in by rename, so a kill
+leaves the previous checkpoint or the new one, never a mix. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from students import KAN
+
+TENSOR = "__tensor__"
+
+
+def flatten_state(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace every tensor in nested dicts/lists by ``{"__tensor__": key}``, collecting it in ``tensors``."""
+    if isinstance(value, torch.Tensor):
+        key = prefix or "root"
+        tensors[key] = value.detach().cpu().contiguous()
+        return {TENSOR: key}
+    if isinstance(value, dict):
+        return {str(k): flatten_state(v, f"{prefix}.{k}" if prefix else str(k), tensors) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(value)]
+    return value
+
+
+def unflatten_state(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of `flatten_state`."""
+    if isinstance(value, dict):
+        if set(value) == {TENSOR}:
+            return tensors[value[TENSOR]]
+        return {k: unflatten_state(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unflatten_state(v, tensors) for v in value]
+    return value
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a state dict read back from JSON (its integer parameter keys became strings)."""
+    state = {**state, "state": {int(k): v for k, v in state["state"].items()}}
+    optimizer.load_state_dict(state)
+
+
+def save_checkpoint(folder: Path, model: KAN, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
+    """Write the checkpoint under a temporary name, then swap it in for the previous one."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp / "model")
+    tensors: dict[str, torch.Tensor] = {}
+    record = {**state, "optimizer": flatten_state(optimizer.state_dict(), "", tensors) if optimizer else None}
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(record, indent=1))
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path) -> tuple[KAN, dict[str, Any] | None, dict[str, Any]] | None:
+    """``(model, optimizer state or None, loop state)`` from a checkpoint folder, or None if there is none."""
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        return None
+    state = json.loads((folder / "state.json").read_text())
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    optimizer = state.pop("optimizer")
+    return KAN.from_pretrained(folder / "model"), unflatten_state(optimizer, tensors) if optimizer else None, state

@@ -1,0 +1,492 @@
+"""The train stage: KAN students fitted to a soft-target cache, one or many at once, on one process or many.
+
+`distill(cache, students, out)` trains one student per `StudentSpec` and returns them with a
+fidelity table measured on held-out rows that training never sees.
+
+* Students of the same kind and output size train as **one ensemble** (the KAN's leading
+  dimension): one batched forward for all, a loss per member (`distill.losses`), early stopping per
+  member on its held-out loss. A member that has stopped leaves the ensemble, so it costs nothing
+  more. With Adam every parameter's update depends only on its own gradient, so a member trained in
+  an ensemble follows the same path as when trained alone with the same seed.
+* **The KAN schedule**: fit (the grid following the data for the first 50 steps); if
+  ``sparse_steps``: sparsify with the L1 + entropy penalty, then prune weak edges and nodes; if
+  ``refine_grid``: refine the grid; then refit. **Optimiser**: ``auto`` takes full-batch L-BFGS
+  (what small KANs train best with) for a single student on up to ``lbfgs_max_rows`` rows, and Adam
+  otherwise (ensembles, large caches), where members must stay independent.
+* **Processes** (``accelerate launch``/torchrun): each process computes the loss on its shard of the
+  training rows and the gradients (and, for L-BFGS, the loss) are averaged across processes with
+  accelerate's collectives before every step, which is what DDP does; the grid updates and the
+  held-out evaluation use all rows on every process, so every process takes the same decisions.
+* **Checkpoints** (`distill.checkpoint`) every ``checkpoint_every`` steps and between phases, with
+  the optimiser's state and the cache's fingerprint: a killed run resumes where it stopped, and a
+  checkpoint made on another cache or config is refused.
+
+Inputs are scaled to [-1, 1] by the schema's ranges and each target standardised; both scalings
+are saved beside each student (``student.json``) so that predictions and formulas come back in the
+features' and targets' own units.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from distill.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
+from distill.fidelity import label_fidelity, scalar_fidelity
+from distill.losses import DEFAULT_LOSS, LOSSES, distillation_loss
+from distill.targets import SoftTargetCache
+from students import KAN
+from students.persistence import atomic_write_bytes
+from teachers.base import hash_json
+from teachers.schema import CategoricalFeature, FeatureSchema
+
+logger = logging.getLogger(__name__)
+
+
+class TrainError(ValueError):
+    """A training request that cannot be met; the message names the student, target or field."""
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """One student: its name, the cache columns it learns, and how.
+
+    ``kind="scalar"``: one output per target column (a head, a regression output), MSE.
+    ``kind="labels"``: the targets are a label set's ``logprob[LABEL]`` columns; the student predicts
+    the log-odds of each label against the last, trained by ``mse_logodds`` (default: fidelity is
+    judged on log-odds, and MSE keeps saturated regions accurate, where KL has little gradient),
+    ``kl`` or ``soft_ce`` at ``temperature``. ``seed`` initialises the student (default: the
+    config's seed plus the student's position among those sharing its ensemble).
+    """
+
+    name: str
+    targets: tuple[str, ...]
+    kind: str = "scalar"
+    loss: str | None = None
+    temperature: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if self.kind not in LOSSES:
+            raise TrainError(f"student {self.name!r}: kind must be one of {sorted(LOSSES)}, got {self.kind!r}")
+        if self.loss is not None and self.loss not in LOSSES[self.kind]:
+            raise TrainError(f"student {self.name!r}: loss for {self.kind} targets must be one of "
+                             f"{LOSSES[self.kind]}, got {self.loss!r}")  # fmt: skip
+        if not self.targets or (self.kind == "labels" and len(self.targets) < 2):
+            raise TrainError(f"student {self.name!r}: needs targets (two or more for a label set)")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise TrainError(f"student name {self.name!r}: expected a plain folder name")
+        if not self.temperature > 0:
+            raise TrainError(f"student {self.name!r}: temperature must be positive, got {self.temperature}")
+
+    @classmethod
+    def for_labels(cls, name: str, labels: Sequence[str], **options: Any) -> StudentSpec:
+        return cls(name, tuple(f"logprob[{label}]" for label in labels), kind="labels", **options)
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.targets) - (self.kind == "labels")
+
+    @property
+    def loss_name(self) -> str:
+        return self.loss or DEFAULT_LOSS[self.kind]
+
+
+@dataclass
+class TrainConfig:
+    """The students' shape and the KAN schedule; every field maps onto the loop below."""
+
+    hidden: list[int] = field(default_factory=lambda: [5])
+    grid: int = 5
+    k: int = 3
+    refine_grid: int | None = 10
+    optimizer: str = "auto"
+    lr: float | None = None
+    steps: int | None = None
+    sparse_steps: int = 0
+    l1: float = 1e-3
+    entropy: float = 1e-3
+    prune_threshold: float = 1e-2
+    validation_fraction: float = 0.2
+    eval_every: int = 10
+    patience: int = 10
+    seed: int = 0
+    checkpoint_every: int = 50
+    lbfgs_max_rows: int = 50_000
+    mixed_precision: str = "no"
+    log_with: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.hidden = list(self.hidden)
+        if not all(isinstance(h, int) and h >= 1 for h in self.hidden):
+            raise TrainError(f"hidden: expected positive integers, got {self.hidden}")
+        if self.optimizer not in ("auto", "lbfgs", "adam"):
+            raise TrainError(f"optimizer: expected auto, lbfgs or adam, got {self.optimizer!r}")
+        if not 0 < self.validation_fraction < 1:
+            raise TrainError(f"validation_fraction: expected a number in (0, 1), got {self.validation_fraction}")
+        for name in ("grid", "k", "eval_every", "patience", "checkpoint_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise TrainError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+
+    def optimizer_for(self, members: int, rows: int) -> str:
+        if self.optimizer != "auto":
+            return self.optimizer
+        return "lbfgs" if members == 1 and rows <= self.lbfgs_max_rows else "adam"
+
+    def steps_for(self, optimizer: str) -> int:
+        return self.steps if self.steps is not None else (100 if optimizer == "lbfgs" else 1000)
+
+    def lr_for(self, optimizer: str) -> float:
+        return self.lr if self.lr is not None else (1.0 if optimizer == "lbfgs" else 1e-2)
+
+
+@dataclass
+class DistillResult:
+    """The trained students, their held-out fidelity (one dict per student) and where they are saved."""
+
+    students: dict[str, KAN]
+    fidelity: dict[str, dict[str, float]]
+    folder: Path
+
+
+@dataclass
+class GroupData:
+    """One ensemble's tensors: ``x_*`` ``(rows, in)`` scaled; ``y_*`` ``(E, rows, out)`` standardised."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
+
+def feature_ranges(schema: FeatureSchema) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's ``(low, high)`` as encoded: a category's index runs over ``[0, n_values - 1]``."""
+    low = [0.0 if isinstance(f, CategoricalFeature) else f.low for f in schema.features]
+    high = [len(f.values) - 1.0 if isinstance(f, CategoricalFeature) else f.high for f in schema.features]
+    return np.asarray(low), np.asarray(high)
+
+
+def scale_inputs(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(2 * (x - low) / (high - low) - 1, dtype=torch.float32)
+
+
+def target_matrix(cache: SoftTargetCache, spec: StudentSpec) -> np.ndarray:
+    """The spec's targets ``(rows, out)``: the columns, or a label set's log-odds against its last label."""
+    missing = [t for t in spec.targets if t not in cache.outputs]
+    if missing:
+        raise TrainError(f"student {spec.name!r}: the cache has no target {missing[0]!r}; it has {cache.outputs}")
+    columns = []
+    for name in spec.targets:
+        column = cache.target(name)
+        if column.ndim != 1:
+            raise TrainError(f"student {spec.name!r}: target {name!r} is a vector {column.shape[1:]}; "
+                             "students learn scalar columns")  # fmt: skip
+        bad = ~np.isfinite(column)
+        if bad.any():
+            raise TrainError(f"cache column {name!r} has a non-finite value at row {int(np.argmax(bad))}")
+        columns.append(column.astype(np.float64))
+    y = np.stack(columns, 1)
+    return y[:, :-1] - y[:, -1:] if spec.kind == "labels" else y
+
+
+def split_rows(rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split into training and held-out rows."""
+    order = np.random.default_rng(seed).permutation(rows)
+    n_val = max(1, round(rows * fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _slice_optimizer_state(state: dict, keep: list[int]) -> dict:
+    """Keep members ``keep`` of every per-parameter tensor whose leading dimension is the ensemble."""
+    index = torch.as_tensor(keep)
+    sliced = {}
+    for key, value in state["state"].items():
+        sliced[key] = {k: (v.index_select(0, index) if isinstance(v, torch.Tensor) and v.ndim > 0 else v)
+                       for k, v in value.items()}  # fmt: skip
+    return {"state": sliced, "param_groups": state["param_groups"]}
+
+
+class GroupTrainer:
+    """Trains one ensemble of students through the KAN schedule; see the module docstring."""
+
+    def __init__(self, names: list[str], specs: list[StudentSpec], data: GroupData, config: TrainConfig,
+                 accelerator: Accelerator, folder: Path, cache_fingerprint: str) -> None:  # fmt: skip
+        self.names, self.specs, self.data, self.config = names, specs, data, config
+        self.accelerator, self.folder = accelerator, folder
+        rows = len(data.x_train)
+        self.optimizer_name = config.optimizer_for(len(specs), rows)
+        self.steps = config.steps_for(self.optimizer_name)
+        self.phases = ["fit"]
+        if config.sparse_steps:
+            self.phases += ["sparsify", "prune"]
+        if config.refine_grid and config.refine_grid != config.grid:
+            self.phases += ["refine"]
+        if len(self.phases) > 1:
+            self.phases += ["refit"]
+        self.key = {"cache": cache_fingerprint, "config": asdict(config), "students": [asdict(s) for s in specs]}
+        rank, world = accelerator.process_index, accelerator.num_processes
+        self.local_rows = torch.arange(rank, rows, world)
+
+    # -- the loss, per member, in the units the loss is defined in --
+    def member_loss(self, prediction: torch.Tensor, target: torch.Tensor, members: list[int]) -> torch.Tensor:
+        spec = self.specs[0]
+        if spec.loss_name in ("mse", "mse_logodds"):
+            return distillation_loss(spec.loss_name, prediction, target)
+        mean, std = self.data.y_mean[members][:, None], self.data.y_std[members][:, None]
+        return distillation_loss(spec.loss_name, prediction * std + mean, target * std + mean, spec.temperature)
+
+    def validation_loss(self, model: KAN, members: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return self.member_loss(model(self.data.x_val), self.standardised_val(members), members)
+
+    def standardised_val(self, members: list[int]) -> torch.Tensor:
+        return (self.data.y_val[members] - self.data.y_mean[members][:, None]) / self.data.y_std[members][:, None]
+
+    def make_optimizer(self, model: KAN) -> torch.optim.Optimizer:
+        lr = self.config.lr_for(self.optimizer_name)
+        if self.optimizer_name == "lbfgs":
+            return torch.optim.LBFGS(model.parameters(), lr=lr, history_size=10, line_search_fn="strong_wolfe",
+                                     tolerance_grad=1e-32, tolerance_change=1e-32)  # fmt: skip
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+    def _average(self, model: KAN, loss: torch.Tensor) -> torch.Tensor:
+        """Average the gradients (and the loss) over processes: data parallelism, as DDP does it."""
+        if self.accelerator.num_processes == 1:
+            return loss.detach()
+        grads = [p.grad for p in model.parameters()]
+        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+        return self.accelerator.reduce(loss.detach(), reduction="mean")
+
+    def step(self, model: KAN, optimizer: torch.optim.Optimizer, members: list[int], penalty: bool) -> float:
+        x = self.data.x_train[self.local_rows]
+        y = self.data.y_train[members][:, self.local_rows]
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            with self.accelerator.autocast():
+                if penalty:
+                    prediction, reg = model.forward_with_penalty(x, self.config.l1, self.config.entropy)
+                else:
+                    prediction, reg = model(x), 0.0
+                loss = self.member_loss(prediction.float(), y, members).sum() + reg
+            loss.backward()
+            return self._average(model, loss)
+
+        return float(optimizer.step(closure))
+
+    # -- checkpoints --
+    def save(self, full: KAN, optimizer: torch.optim.Optimizer | None, state: dict) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.folder, full, optimizer, {**state, "key": hash_json(self.key)})
+        self.accelerator.wait_for_everyone()
+
+    def resume(self) -> tuple[KAN, dict | None, dict] | None:
+        found = load_checkpoint(self.folder)
+        if found is None:
+            return None
+        full, optimizer, state = found
+        if state.pop("key") != hash_json(self.key):
+            raise TrainError(f"{self.folder}: this checkpoint was made for another cache, config or set of "
+                             "students; use another output folder or delete it")  # fmt: skip
+        return full, optimizer, state
+
+    # -- the schedule --
+    def run(self) -> KAN:
+        config = self.config
+        resumed = self.resume()
+        if resumed is None:
+            seeds = [config.seed + i if s.seed is None else s.seed for i, s in enumerate(self.specs)]
+            full = KAN.stack([KAN(self.config_width(), grid=config.grid, k=config.k, seed=s) for s in seeds])
+            state = {"phase": 0, "step": 0, "active": list(range(len(self.specs))), "best": {}, "stale": {}}
+            optimizer_state = None
+        else:
+            full, optimizer_state, state = resumed
+            logger.info("resuming %s at phase %s step %d", self.folder.name, self.phases[min(state["phase"],
+                        len(self.phases) - 1)], state["step"])  # fmt: skip
+        total = len(self.phases) * self.steps
+        progress = tqdm(total=total, desc=f"students {', '.join(self.names)[:40]}",
+                        disable=not (self.accelerator.is_main_process and config.progress) or None)  # fmt: skip
+        progress.update(min(state["phase"], len(self.phases)) * self.steps + state["step"])
+        while state["phase"] < len(self.phases):
+            phase = self.phases[state["phase"]]
+            if phase in ("prune", "refine"):
+                full = (full.prune(self.data.x_train, edge_threshold=config.prune_threshold) if phase == "prune"
+                        else full.refine(config.refine_grid))  # fmt: skip
+                state = {**state, "phase": state["phase"] + 1, "step": 0, "best": {}, "stale": {},
+                         "active": list(range(len(self.specs)))}  # fmt: skip
+                progress.update(self.steps)
+                self.save(full, None, state)
+                continue
+            full, state = self.train_phase(full, state, optimizer_state, phase, progress)
+            optimizer_state = None
+        progress.close()
+        return full
+
+    def config_width(self) -> list[int]:
+        return [self.data.x_train.shape[1], *self.config.hidden, self.specs[0].n_outputs]
+
+    def train_phase(self, full: KAN, state: dict, optimizer_state: dict | None, phase: str, progress: tqdm):
+        members = list(state["active"])
+        model = KAN.stack([full.member(e) for e in members]) if len(members) < full.ensemble else full
+        optimizer = self.make_optimizer(model)
+        if optimizer_state is not None:
+            load_optimizer_state(optimizer, optimizer_state)
+        best = {int(k): v for k, v in state["best"].items()}
+        stale = {int(k): v for k, v in state["stale"].items()}
+        step = state["step"]
+
+        def write_back() -> KAN:
+            if model is full:
+                return full
+            rows = {e: model.member(i) for i, e in enumerate(members)}
+            return KAN.stack([rows[e] if e in rows else full.member(e) for e in range(full.ensemble)])
+
+        while step < self.steps and members:
+            if phase == "fit" and step % 10 == 0 and step <= 50:
+                model.update_grid(self.data.x_train)
+            loss = self.step(model, optimizer, members, penalty=phase == "sparsify")
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"students {self.names}: the training loss became {loss} in phase "
+                                         f"{phase} at step {step}; lower the learning rate")  # fmt: skip
+            step += 1
+            progress.update(1)
+            if phase != "sparsify" and (step % self.config.eval_every == 0 or step == self.steps):
+                val = self.validation_loss(model, members).tolist()
+                self.accelerator.log({f"{self.names[e]}/{phase}_val_loss": v for e, v in zip(members, val,
+                                      strict=True)}, step=step)  # fmt: skip
+                stopped = []
+                for e, v in zip(members, val, strict=True):
+                    if v < best.get(e, math.inf) * (1 - 1e-4):
+                        best[e], stale[e] = v, 0
+                    else:
+                        stale[e] = stale.get(e, 0) + 1
+                        if stale[e] >= self.config.patience:
+                            stopped.append(e)
+                if stopped:
+                    full = write_back()
+                    keep = [i for i, e in enumerate(members) if e not in stopped]
+                    members = [members[i] for i in keep]
+                    logger.info("early stop in %s at step %d: %s", phase, step, [self.names[e] for e in stopped])
+                    if members:
+                        old = optimizer.state_dict()
+                        model = KAN.stack([full.member(e) for e in members])
+                        optimizer = self.make_optimizer(model)
+                        if self.optimizer_name == "adam":
+                            load_optimizer_state(optimizer, _slice_optimizer_state(old, keep))
+            if members and step % self.config.checkpoint_every == 0 and step < self.steps:
+                full = write_back()
+                self.save(full, optimizer, {"phase": state["phase"], "step": step, "active": members,
+                                            "best": best, "stale": stale})  # fmt: skip
+        full = write_back()
+        progress.update(self.steps - step)
+        state = {"phase": state["phase"] + 1, "step": 0, "active": list(range(len(self.specs))), "best": {},
+                 "stale": {}}  # fmt: skip
+        self.save(full, None, state)
+        return full, state
+
+
+def group_specs(specs: Sequence[StudentSpec]) -> list[list[int]]:
+    """Indices of specs that can share an ensemble: same kind, loss, temperature and output size."""
+    groups: dict[tuple, list[int]] = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault((spec.kind, spec.loss_name, spec.temperature, spec.n_outputs), []).append(i)
+    return list(groups.values())
+
+
+def distill(
+    cache: SoftTargetCache | str | Path,
+    students: Sequence[StudentSpec],
+    out: str | Path,
+    config: TrainConfig | None = None,
+) -> DistillResult:
+    """Train the students on ``cache`` into ``out`` (``students/NAME/``, ``fidelity.json``, checkpoints).
+
+    Resumes from ``out/checkpoints`` when a previous run was interrupted. Returns the students and
+    their held-out fidelity against the teacher.
+    """
+    config = config or TrainConfig()
+    cache = cache if isinstance(cache, SoftTargetCache) else SoftTargetCache.load(cache)
+    out = Path(out)
+    names = [s.name for s in students]
+    if not students or len(set(names)) != len(names):
+        raise TrainError(f"students: expected distinct names, got {names}")
+    if len(cache) < 10:
+        raise TrainError(f"the cache {cache.folder} has {len(cache)} rows; students need at least 10")
+    targets = {spec.name: target_matrix(cache, spec) for spec in students}
+    schema = cache.schema
+    low, high = feature_ranges(schema)
+    x = scale_inputs(cache.features(), low, high)
+    train_rows, val_rows = split_rows(len(cache), config.validation_fraction, config.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
+                              log_with=config.log_with, project_dir=str(out))  # fmt: skip
+    if config.log_with:
+        accelerator.init_trackers("distill", config={k: str(v) for k, v in asdict(config).items()})
+    torch.manual_seed(config.seed)
+
+    trained: dict[str, KAN] = {}
+    fidelity: dict[str, dict[str, float]] = {}
+    for group in group_specs(students):
+        specs = [students[i] for i in group]
+        y = torch.as_tensor(np.stack([targets[s.name] for s in specs]), dtype=torch.float32)  # (E, rows, out)
+        mean, std = y[:, train_rows].mean(1), y[:, train_rows].std(1).clamp_min(1e-8)
+        data = GroupData(x[train_rows], (y[:, train_rows] - mean[:, None]) / std[:, None], x[val_rows],
+                         y[:, val_rows], mean, std)  # fmt: skip
+        label = "+".join(s.name for s in specs)
+        folder = out / "checkpoints" / (label if len(label) < 100 else hash_json(label)[:16])
+        ensemble = GroupTrainer([s.name for s in specs], specs, data, config, accelerator, folder,
+                                cache.fingerprint).run()  # fmt: skip
+        with torch.no_grad():
+            prediction = ensemble(data.x_val) * std[:, None] + mean[:, None]
+        for e, spec in enumerate(specs):
+            measure = label_fidelity if spec.kind == "labels" else scalar_fidelity
+            fidelity[spec.name] = measure(prediction[e], data.y_val[e])
+            trained[spec.name] = ensemble.member(e)
+            if accelerator.is_main_process:
+                save_student(out / "students" / spec.name, trained[spec.name], spec, schema, low, high,
+                             mean[e], std[e], fidelity[spec.name], cache)  # fmt: skip
+    if accelerator.is_main_process:
+        atomic_write_bytes(out / "fidelity.json", json.dumps(fidelity, indent=2).encode())
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return DistillResult(trained, fidelity, out)
+
+
+def save_student(folder: Path, model: KAN, spec: StudentSpec, schema: FeatureSchema, low: np.ndarray,
+                 high: np.ndarray, mean: torch.Tensor, std: torch.Tensor, fidelity: dict[str, float],
+                 cache: SoftTargetCache) -> None:  # fmt: skip
+    """The KAN (``save_pretrained``) and ``student.json``: what it learned and how to scale in and out."""
+    model.save_pretrained(folder, provenance={"cache": cache.fingerprint, "student": spec.name})
+    record = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "targets": list(spec.targets),
+        "loss": spec.loss_name,
+        "temperature": spec.temperature,
+        "features": schema.to_dict(),
+        "input_low": low.tolist(),
+        "input_high": high.tolist(),
+        "output_mean": mean.tolist(),
+        "output_std": std.tolist(),
+        "fidelity": fidelity,
+        "cache_fingerprint": cache.fingerprint,
+        "teacher_fingerprint": cache.manifest["teacher_fingerprint"],
+    }
+    atomic_write_bytes(folder / "student.json", json.dumps(record, indent=2).encode())
