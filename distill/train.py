@@ -267,7 +267,7 @@ class GroupTrainer:
         """Average the gradients (and the loss) over processes: data parallelism, as DDP does it."""
         if self.accelerator.num_processes == 1:
             return loss.detach()
-        grads = [p.grad for p in model.parameters()]
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
         flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
         offset = 0
         for g in grads:
