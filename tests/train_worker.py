@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 import distill.train
-from distill.train import StudentSpec, TrainConfig, distill as run_distill
+from distill.train import StudentSpec, TrainConfig
+from distill.train import distill as run_distill
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
