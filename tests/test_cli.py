@@ -26,3 +26,21 @@ def test_demo_writes_a_student_a_report_and_a_plot(tmp_path, capsys):
     rmse = (student(x) - target(x)).square().mean().sqrt().item()
     assert abs(rmse - metrics["held_out_rmse"][-1]) < 0.5 * metrics["held_out_rmse"][-1] + 1e-3
     assert student.provenance["target"] == "exp(sin(pi*x) + y**2)"
+
+
+def test_train_command_distils_a_cache_and_names_bad_targets(tmp_path, capsys):
+    from distill.targets import generate_targets, sample_inputs
+    from teachers.mlp import MLP, MLPTeacher
+    from teachers.schema import FeatureSchema, NumericFeature
+
+    torch.manual_seed(0)
+    schema = FeatureSchema((NumericFeature("a", -1, 1), NumericFeature("b", -1, 1)))
+    teacher = MLPTeacher(MLP([2, 8, 1], "tanh"), schema, ["y"])
+    generate_targets(teacher, sample_inputs(schema, 300, "lhs", seed=0), tmp_path / "cache")
+    args = ["train", str(tmp_path / "cache"), str(tmp_path / "run"), "--student", "s=y", "--hidden", "3"]
+    assert main([*args, "--steps", "20"]) == 0
+    assert "s " in capsys.readouterr().out
+    fidelity = json.loads((tmp_path / "run" / "fidelity.json").read_text())
+    assert fidelity["s"]["r2"] > 0.99
+    assert main(["train", str(tmp_path / "cache"), str(tmp_path / "bad"), "--student", "s=z"]) == 2
+    assert "no target 'z'" in capsys.readouterr().err
