@@ -28,7 +28,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DiscoverConfig:
-    """Student shape, schedule, and which target transforms to try."""
+    """Student shape, schedule, and which target transforms to try.
+
+    ``simplicity_margin``: a richer candidate must beat a simpler one's held-out R^2 by more than
+    this to be chosen (0: the best R^2 wins; audits use 0.01 to keep a readable additive formula
+    when a deeper one is barely better). ``complexity_weight``: how much each unit of a library
+    function's complexity must buy in fit (a decade of 1 - R^2 per ``1 / weight``), per edge.
+    """
 
     hidden: int = 5
     grid: int = 5
@@ -37,6 +43,8 @@ class DiscoverConfig:
     validation_fraction: float = 0.2
     exact_r2: float = 1 - 1e-9
     seconds: float | None = None
+    simplicity_margin: float = 0.0
+    complexity_weight: float = 0.5
     schedule: ScheduleConfig = field(
         default_factory=lambda: ScheduleConfig(sparse_steps=20, refit_steps=20, node_refit_steps=15)
     )
@@ -88,7 +96,14 @@ def discover_formula(
         try:
             model = sparse_fit(model, x_fit, forward(y_fit), config.schedule)
             extraction = extract_formula(
-                model, x_fit, features, x_val, forward(y_val), fit_constants_to="teacher", refit_steps=10
+                model,
+                x_fit,
+                features,
+                x_val,
+                forward(y_val),
+                fit_constants_to="teacher",
+                refit_steps=10,
+                complexity_weight=config.complexity_weight,
             )
         except (FloatingPointError, ValueError) as err:
             logger.warning("%s target: no formula (%s)", transform, err)
@@ -101,14 +116,15 @@ def discover_formula(
         label = f"{transform} {width}"
         scores[label] = score
         candidate = Discovery(extraction, label, score, scores)
-        if best is None or _better(candidate, best):
+        if best is None or _better(candidate, best, config.simplicity_margin):
             best = candidate
     if best is None:
         raise FloatingPointError("discover_formula: every candidate failed to fit")
     return best
 
 
-def _better(a: Discovery, b: Discovery, tie: float = 1e-9) -> bool:
-    if abs(a.r2_validation - b.r2_validation) > tie:
+def _better(a: Discovery, b: Discovery, margin: float = 0.0, tie: float = 1e-9) -> bool:
+    """Is the later (richer) candidate ``a`` better than ``b``: higher R^2 by more than ``margin``, or fewer ops."""
+    if abs(a.r2_validation - b.r2_validation) > max(tie, margin):
         return a.r2_validation > b.r2_validation
-    return sympy.count_ops(a.expression) < sympy.count_ops(b.expression)
+    return margin == 0 and sympy.count_ops(a.expression) < sympy.count_ops(b.expression)
