@@ -34,6 +34,8 @@ class DiscoverConfig:
     this to be chosen (0: the best R^2 wins; audits use 0.01 to keep a readable additive formula
     when a deeper one is barely better). ``complexity_weight``: how much each unit of a library
     function's complexity must buy in fit (a decade of 1 - R^2 per ``1 / weight``), per edge.
+    ``snap_growth``: how much a constant's rounding to a simple number may multiply 1 - R^2
+    (5 suits exact laws in clean data; an audit of a noisy teacher wants about 1.2).
     """
 
     hidden: int = 5
@@ -45,6 +47,7 @@ class DiscoverConfig:
     seconds: float | None = None
     simplicity_margin: float = 0.0
     complexity_weight: float = 0.5
+    snap_growth: float = 5.0
     schedule: ScheduleConfig = field(
         default_factory=lambda: ScheduleConfig(sparse_steps=20, refit_steps=20, node_refit_steps=15)
     )
@@ -104,6 +107,7 @@ def discover_formula(
                 fit_constants_to="teacher",
                 refit_steps=10,
                 complexity_weight=config.complexity_weight,
+                snap_growth=config.snap_growth,
             )
         except (FloatingPointError, ValueError) as err:
             logger.warning("%s target: no formula (%s)", transform, err)

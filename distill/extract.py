@@ -346,6 +346,7 @@ def extract_formula(
     complexity_weight: float = 0.5,
     refit_steps: int = 20,
     fit_constants_to: str = "student",
+    snap_growth: float = 5.0,
 ) -> Extraction:
     """Extract a formula from a copy of ``model`` (member 0 of an ensemble); see the module docstring.
 
@@ -368,7 +369,10 @@ def extract_formula(
     xs = x_test.double().numpy()
     teacher = None if teacher_test is None else teacher_test.reshape(x_test.shape[0], -1).double().numpy()
     reference = teacher if fit_constants_to == "teacher" else student_test
-    expressions = [snap_constants(e, features, xs, reference[:, k]) for k, e in enumerate(compose(student, features))]
+    expressions = [
+        snap_constants(e, features, xs, reference[:, k], growth=snap_growth)
+        for k, e in enumerate(compose(student, features))
+    ]
     result = Extraction(features, expressions, edges)
     with np.errstate(all="ignore"):
         pred = result.callable()(xs)

@@ -49,6 +49,25 @@ class FeynmanEquation:
         return torch.from_numpy(x).float(), torch.from_numpy(y.copy()).float()
 
 
+def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: np.ndarray) -> bool:
+    """SRBench's rule: ``found - truth`` or ``found / truth`` simplifies to a constant."""
+    symbols = [sympy.Symbol(v, real=True) for v in variables]
+    with np.errstate(all="ignore"):
+        a = np.broadcast_to(sympy.lambdify(symbols, found, "numpy")(*x.T), (x.shape[0],)).astype(np.float64)
+        b = np.broadcast_to(sympy.lambdify(symbols, truth, "numpy")(*x.T), (x.shape[0],)).astype(np.float64)
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return False
+    diff, ratio = a - b, a / b
+    close_diff = np.ptp(diff) <= 1e-6 * max(np.ptp(b), np.abs(b).max())
+    close_ratio = np.all(np.isfinite(ratio)) and np.ptp(ratio) <= 1e-6 * max(abs(np.median(ratio)), 1e-12)
+    if not (close_diff or close_ratio):
+        return False
+    if not sympy.simplify(found - truth).free_symbols:
+        return True
+    ratio_expr = sympy.simplify(found / truth)
+    return not ratio_expr.free_symbols and ratio_expr != 0
+
+
 def read_feynman_csv(path: str | Path = DEFAULT_CSV) -> list[FeynmanEquation]:
     """The equations of an AI Feynman CSV, blank rows skipped."""
     path = Path(path)

@@ -1,27 +1,37 @@
-"""The ``kandistill`` command line."""
+"""The ``kandistill`` command line.
+
+Exit codes: 0 done; 2 bad input (a config, a cache, a target that is wrong: the message names it);
+1 an unexpected failure (a traceback). Works unchanged under ``accelerate launch -m pipelines.cli``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 from distill.targets import CacheError
 from distill.train import StudentSpec, TrainConfig, TrainError, distill
+from pipelines.config import ConfigError, load_config
 from pipelines.demo import run_demo
+from pipelines.runner import STAGES, run
+from pipelines.surrogate import Surrogate
+from teachers.base import TeacherError
+from teachers.schema import SchemaError
 
 EXIT_BAD_INPUT = 2
+BAD_INPUT = (ConfigError, CacheError, TrainError, TeacherError, SchemaError, FileNotFoundError)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    result = run_demo(Path(args.out), seed=args.seed, steps=args.steps)
-    print(f"Fitted {result.formula} with a [2, 5, 1] KAN in {result.seconds:.1f} s")
-    for grid, rmse in zip(result.grids, result.held_out_rmse, strict=True):
-        print(f"  grid {grid:>3}: held-out RMSE {rmse:.2e}")
-    print(f"  held-out R^2 {result.held_out_r2:.6f}")
-    print(f"Student saved in {result.student_dir}")
-    print(f"Report: {result.report}")
+def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    config = load_config(args.config)
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    folder = run(config, out, stages)
+    print(f"{', '.join(stages)}: done in {folder.root}")
+    if "audit" in stages:
+        print(f"Report: {folder.report / 'index.html'}")
     return 0
 
 
@@ -40,38 +50,79 @@ def _student_specs(args: argparse.Namespace) -> list[StudentSpec]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.cache is None:
+        return _run_stages(args, ("train",))
     config = TrainConfig(hidden=args.hidden, grid=args.grid, refine_grid=args.refine_grid or None,
                          optimizer=args.optimizer, steps=args.steps, seed=args.seed)  # fmt: skip
-    result = distill(args.cache, _student_specs(args), args.out, config)
+    out = args.out or "runs/train"
+    result = distill(args.cache, _student_specs(args), out, config)
     print(f"{'student':<32} fidelity on held-out rows")
     for name, scores in result.fidelity.items():
         print(f"{name:<32} " + "  ".join(f"{k} {v:.5g}" for k, v in scores.items()))
-    print(f"Students saved in {Path(args.out) / 'students'}")
+    print(f"Students saved in {Path(out) / 'students'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    result = run_demo(Path(args.out), quick=args.quick)
+    print(f"Demo finished in {result.seconds:.0f} s.")
+    for line in result.findings:
+        print(f"  - {line}")
+    for report in result.reports:
+        print(f"Report: {report}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if (path / "student.json").is_file():
+        students = [Surrogate.from_folder(path)]
+    elif (path / "train" / "students").is_dir():
+        students = [Surrogate.from_run(path, p.name) for p in sorted((path / "train" / "students").iterdir())]
+    else:
+        raise FileNotFoundError(f"{path}: neither a run folder (with train/students) nor a student folder")
+    for surrogate in students:
+        print(f"{surrogate.name}: {surrogate.schema.names} -> {surrogate.outputs}")
+        print("  fidelity (held out): " + json.dumps(surrogate.record["fidelity"]))
+        if surrogate.formula_path is not None:
+            formula = surrogate.formula()
+            for target, expr in zip(surrogate.outputs, formula if isinstance(formula, list) else [formula],
+                                    strict=True):  # fmt: skip
+                print(f"  {target} = {expr}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kandistill",
-        description="Distil black-box models into small, inspectable KAN students.",
+        description="Distil black-box models into small, inspectable KAN students, and audit them. "
+        "A run config (YAML) names the teacher, its inputs, the students and the checks; "
+        "`kandistill run CONFIG` goes targets -> train -> extract -> audit, resuming where it stopped.",
+        epilog="Examples: kandistill demo | kandistill run pipelines/configs/demo_loan.yaml | "
+        "kandistill inspect runs/loan-audit-demo",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the embedded demo (no downloads) and write a report")
-    demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.add_argument("--steps", type=int, default=50, help="L-BFGS steps per grid size (default: 50)")
-    demo.set_defaults(handler=_demo)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, stages, text in (("run", STAGES, "all stages: targets, train, extract, audit"),
+                               ("targets", ("targets",), "run the teacher over the inputs into a soft-target cache"),
+                               ("extract", ("extract",), "extract each student's formula"),
+                               ("audit", ("audit",), "run the declared checks and write the report")):  # fmt: skip
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("config", help="run config (YAML)")
+        command.add_argument("--out", help="run folder (default: runs/NAME from the config)")
+        command.set_defaults(handler=lambda args, stages=stages: _run_stages(args, stages))
 
     train = commands.add_parser(
         "train",
-        help="train KAN students on a soft-target cache",
-        description="Train KAN students on a soft-target cache (see distill.train). Students of the same "
-        "kind train as one ensemble; the run resumes from OUT/checkpoints if interrupted. Works under "
-        "`accelerate launch -m pipelines.cli train ...` unchanged.",
+        help="train KAN students: from a run config, or from a cache folder with --cache",
+        description="Train KAN students. Either `kandistill train CONFIG` (the run's train stage) or "
+        "`kandistill train --cache DIR --out DIR --labels decision=yes,no --student h=COLUMN ...`. "
+        "Students of the same kind train as one ensemble; an interrupted run resumes from its checkpoints.",
     )
-    train.add_argument("cache", help="soft-target cache folder (written by the targets stage)")
-    train.add_argument("out", help="output folder: students/NAME, fidelity.json, checkpoints")
+    train.add_argument("config", nargs="?", help="run config (YAML)")
+    train.add_argument("--out", help="output folder (with a config: the run folder)")
+    train.add_argument("--cache", help="a soft-target cache folder, instead of a config")
     train.add_argument("--student", action="append", metavar="NAME=COLUMN", help="a scalar student of a cache column")
     train.add_argument("--labels", action="append", metavar="NAME=A,B", help="a student of a label set's log-odds")
     train.add_argument("--hidden", type=int, nargs="+", default=[5], help="hidden layer widths (default: 5)")
@@ -81,15 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=None, help="steps per phase (default: 100 L-BFGS, 1000 Adam)")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_train)
+
+    demo = commands.add_parser("demo", help="the embedded demo: a loan-decision Llama audit and a formula recovery")
+    demo.add_argument("--out", default="runs/demo", help="folder for the demo's runs (default: runs/demo)")
+    demo.add_argument("--quick", action="store_true", help="smaller sizes (for tests); the findings still hold")
+    demo.set_defaults(handler=_demo)
+
+    inspect = commands.add_parser("inspect", help="print the formulas and fidelity of a run or a student")
+    inspect.add_argument("path", help="a run folder or a student folder")
+    inspect.set_defaults(handler=_inspect)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.config is None and args.cache is None:
+        parser.error("train: give a run CONFIG, or --cache DIR with --student/--labels")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.handler(args)
-    except (TrainError, CacheError) as err:
+    except BAD_INPUT as err:
         print(f"kandistill {args.command}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

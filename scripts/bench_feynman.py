@@ -27,7 +27,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import sympy
 import torch
 from torch import nn
@@ -38,7 +37,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.discover import DiscoverConfig, discover_formula
-from distill.feynman import DEFAULT_CSV, FeynmanTableError, read_feynman_csv
+from distill.feynman import DEFAULT_CSV, FeynmanTableError, is_recovered, read_feynman_csv
 
 
 def fit_mlp_teacher(x: torch.Tensor, y: torch.Tensor, steps: int = 2000, seed: int = 0) -> torch.Tensor:
@@ -55,25 +54,6 @@ def fit_mlp_teacher(x: torch.Tensor, y: torch.Tensor, steps: int = 2000, seed: i
         optimizer.step()
     with torch.no_grad():
         return mlp(xs)[:, 0] * y_std + y_mean
-
-
-def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: np.ndarray) -> bool:
-    """SRBench's rule: ``found - truth`` or ``found / truth`` simplifies to a constant."""
-    symbols = [sympy.Symbol(v, real=True) for v in variables]
-    with np.errstate(all="ignore"):
-        a = np.broadcast_to(sympy.lambdify(symbols, found, "numpy")(*x.T), (x.shape[0],)).astype(np.float64)
-        b = np.broadcast_to(sympy.lambdify(symbols, truth, "numpy")(*x.T), (x.shape[0],)).astype(np.float64)
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        return False
-    diff, ratio = a - b, a / b
-    close_diff = np.ptp(diff) <= 1e-6 * max(np.ptp(b), np.abs(b).max())
-    close_ratio = np.all(np.isfinite(ratio)) and np.ptp(ratio) <= 1e-6 * max(abs(np.median(ratio)), 1e-12)
-    if not (close_diff or close_ratio):
-        return False
-    if not sympy.simplify(found - truth).free_symbols:
-        return True
-    ratio_expr = sympy.simplify(found / truth)
-    return not ratio_expr.free_symbols and ratio_expr != 0
 
 
 @contextmanager

@@ -1,0 +1,250 @@
+"""The run config: one YAML file describes the teacher, its inputs, the students and the checks.
+
+Validated by pydantic models that map one-to-one onto the stages' arguments. Unknown keys are
+errors, and every error names the field, the value and what was expected::
+
+    students[1].hidden[0]: expected a positive integer, got -3
+
+Cross-field checks (a template slot with no feature, a check on an unknown feature, a missing model
+folder) run here too, so a bad config fails before any work.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
+from teachers.schema import FeatureSchema, SchemaError
+from teachers.template import Template
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names each bad field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureConfig(Strict):
+    """A numeric feature (``low``, ``high``, ``integer``) or a categorical one (``values``)."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    values: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _kind(self) -> FeatureConfig:
+        numeric = self.low is not None or self.high is not None
+        if numeric == (self.values is not None):
+            raise ValueError("expected either low and high (numeric) or values (categorical)")
+        if numeric and (self.low is None or self.high is None or self.low >= self.high):
+            raise ValueError(f"expected low < high, got low={self.low}, high={self.high}")
+        return self
+
+
+class LoanRuleConfig(Strict):
+    income_coef: float = 0.08
+    debt_coef: float = -0.15
+    bias: float = -2.0
+    protected_effect: float = 0.0
+
+
+class TeacherConfig(Strict):
+    """Which teacher, and the sub-task: a template and a label set, references, or taps."""
+
+    kind: Literal["causal_lm", "encoder", "mlp", "embedded_llama", "feynman_mlp", "diabetes_mlp"]
+    path: str | None = None
+    template: str | None = None
+    labels: dict[str, str] | None = None
+    references: dict[str, str] | None = None
+    taps: list[str] = Field(default_factory=list)
+    dtype: str | None = None
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    revision: str | None = None
+    batch_size: PositiveInt = 16
+    equation: str = "I.12.1"
+    csv: str | None = None
+    rule: LoanRuleConfig = Field(default_factory=LoanRuleConfig)
+    train_steps: PositiveInt = 800
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> TeacherConfig:
+        needs = {"causal_lm": ("path", "template", "labels"), "encoder": ("path", "template", "references"),
+                 "mlp": ("path",)}.get(self.kind, ())  # fmt: skip
+        missing = [name for name in needs if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} teacher needs {', '.join(missing)}")
+        if (
+            self.path is not None
+            and not Path(self.path).expanduser().exists()
+            and self.path.startswith(("/", ".", "~"))
+        ):
+            raise ValueError(f"path: model folder {self.path} does not exist")
+        return self
+
+
+class InputsConfig(Strict):
+    """Where the teacher's inputs come from: a sampler over the features, or a CSV file."""
+
+    sampler: Literal["uniform", "lhs", "grid"] = "lhs"
+    rows: PositiveInt = 4000
+    seed: int = 0
+    csv: str | None = None
+    shard_size: PositiveInt = 1024
+
+
+class StudentConfig(Strict):
+    """A student of cache columns (``targets``) or of a label set's log-odds (``labels``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    targets: list[str] | None = None
+    labels: list[str] | None = None
+    loss: Literal["mse", "mse_logodds", "kl", "soft_ce"] | None = None
+    temperature: PositiveFloat = 1.0
+    extract: bool = True
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StudentConfig:
+        if (self.targets is None) == (self.labels is None):
+            raise ValueError("expected exactly one of targets (cache columns) or labels (a label set)")
+        if self.labels is not None and len(self.labels) < 2:
+            raise ValueError("labels: expected at least two labels")
+        return self
+
+
+class TrainSection(Strict):
+    """Maps onto `distill.train.TrainConfig`."""
+
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [5])
+    grid: PositiveInt = 5
+    refine_grid: PositiveInt | None = 10
+    optimizer: Literal["auto", "lbfgs", "adam"] = "auto"
+    steps: PositiveInt | None = None
+    sparse_steps: int = Field(default=0, ge=0)
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+class ExtractSection(Strict):
+    """Maps onto `distill.discover.DiscoverConfig` for each student with ``extract: true``."""
+
+    seconds: PositiveFloat = 60.0
+    rows: PositiveInt = 1500
+    simplicity_margin: float = Field(default=0.01, ge=0)
+    complexity_weight: float = Field(default=2.0, ge=0)
+    snap_growth: float = Field(default=1.0, ge=1)
+
+
+class ChecksConfig(Strict):
+    """Declared checks: monotonic features, and protected attributes tested by counterfactual flips."""
+
+    monotonic: dict[str, Literal["increasing", "decreasing"]] = Field(default_factory=dict)
+    protected: list[str] = Field(default_factory=list)
+    protected_threshold: PositiveFloat = 0.1
+    rows: PositiveInt = 1000
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    teacher: TeacherConfig
+    features: list[FeatureConfig] | None = None
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
+    students: list[StudentConfig]
+    train: TrainSection = Field(default_factory=TrainSection)
+    extract: ExtractSection = Field(default_factory=ExtractSection)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if not self.students:
+            raise ValueError("students: expected at least one student")
+        names = [s.name for s in self.students]
+        if len(set(names)) != len(names):
+            raise ValueError(f"students: names must be distinct, got {names}")
+        if self.features is None and self.teacher.kind in ("causal_lm", "encoder"):
+            raise ValueError(f"features: a {self.teacher.kind} teacher needs its features declared")
+        schema = self.schema()
+        if schema is not None:
+            template = self.template()
+            if template is not None:
+                try:
+                    Template(template).check(schema)
+                except ValueError as err:
+                    raise ValueError(f"teacher.template: {err}") from None
+            for field, names_ in (("checks.monotonic", list(self.checks.monotonic)),
+                                  ("checks.protected", self.checks.protected)):  # fmt: skip
+                unknown = [n for n in names_ if n not in schema.names]
+                if unknown:
+                    raise ValueError(f"{field}: unknown feature {unknown[0]!r}; the features are {schema.names}")
+        return self
+
+    def schema(self) -> FeatureSchema | None:
+        """The declared features, or the embedded teacher's own (None for teachers that bring theirs)."""
+        if self.features is not None:
+            try:
+                return FeatureSchema.from_dict(
+                    [{k: v for k, v in f.model_dump().items() if v is not None and (k != "integer" or f.values is None)}
+                     for f in self.features])  # fmt: skip
+            except SchemaError as err:
+                raise ValueError(f"features: {err}") from None
+        return LOAN_SCHEMA if self.teacher.kind == "embedded_llama" else None
+
+    def template(self) -> str | None:
+        return LOAN_TEMPLATE if self.teacher.kind == "embedded_llama" else self.teacher.template
+
+    def labels(self) -> dict[str, str] | None:
+        return LOAN_LABELS if self.teacher.kind == "embedded_llama" else self.teacher.labels
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line per problem: ``train.hidden[1]: expected a positive number, got -3``."""
+    lines = []
+    for item in error.errors():
+        path = ""
+        for part in item["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        kind, context = item["type"], item.get("ctx", {})
+        message = {
+            "greater_than": f"expected a {'positive ' if context.get('gt') == 0 else ''}number"
+            + ("" if context.get("gt") == 0 else f" greater than {context.get('gt')}"),
+            "int_parsing": "expected an integer",
+            "int_type": "expected an integer",
+            "extra_forbidden": "unknown key (not part of the config schema)",
+            "missing": "required, but missing",
+        }.get(kind) or re.sub(r"^Value error, ", "", item["msg"])
+        message = message[0].lower() + message[1:]
+        value = item.get("input")
+        shown = "" if kind in ("missing", "value_error") or isinstance(value, dict) else f", got {value!r}"
+        lines.append(f"{path}: {message}{shown}" if path else f"{message}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> RunConfig:
+    """Validate plain data (a YAML document) into a `RunConfig`, or raise `ConfigError` naming the fields."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}:\n{describe_error(err)}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config (``yaml.safe_load``: data only, no tags that build objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data, str(path))
