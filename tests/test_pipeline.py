@@ -1,0 +1,201 @@
+"""The pipeline end to end: the demo's report, a real browser, the audit's verdicts, resume, bad configs."""
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import sympy
+import torch
+import yaml
+
+from pipelines.cli import main
+from pipelines.config import ConfigError, load_config, parse_config
+from pipelines.demo import CONFIGS, quick_config
+from pipelines.runner import run
+from pipelines.surrogate import Surrogate
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {
+    "name": "small",
+    "teacher": {"kind": "feynman_mlp", "equation": "I.12.1"},
+    "inputs": {"rows": 600},
+    "students": [{"name": "friction", "targets": ["I.12.1"]}],
+    "train": {"hidden": [3], "steps": 20, "refine_grid": 8},
+    "extract": {"seconds": 20, "rows": 400, "simplicity_margin": 0.0, "complexity_weight": 0.5, "snap_growth": 5},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """`kandistill demo --quick`, once: its printed summary and its folder."""
+    out = tmp_path_factory.mktemp("demo")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return printed.getvalue(), out
+
+
+class Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.sections = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "section":
+            self.sections.append(attrs["id"])
+
+
+def test_the_demo_report_holds_formulas_plots_and_verdicts(demo):
+    printed, out = demo
+    assert "FLAGGED" in printed and "recovered exactly" in printed and "Report:" in printed
+    report = out / "loan" / "report"
+    markdown = (report / "report.md").read_text()
+    assert "gender" in markdown and "FLAGGED" in markdown and "logodds[yes-no] = " in markdown
+    parser = Images()
+    parser.feed((report / "index.html").read_text())
+    assert parser.sections == ["summary", "student-decision", "provenance"]
+    assert len(parser.images) == 6  # formula, 4 shape functions, importance
+    for src in parser.images:
+        assert (report / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+    provenance = json.loads((report / "provenance.json").read_text())
+    assert len(provenance["teacher_fingerprint"]) == 64 and provenance["libraries"]["torch"] == torch.__version__
+    card = (out / "loan" / "train" / "students" / "decision" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: kandistill") and "r2_logodds" in card
+    assert "I.12.1" in (out / "feynman" / "report" / "report.md").read_text()
+
+
+def test_the_report_renders_in_a_real_browser(demo):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs it from Debian)")
+    index = demo[1] / "loan" / "report" / "index.html"
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+               "--virtual-time-budget=10000", "--dump-dom", index.as_uri()]  # fmt: skip
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    check = json.loads(re.search(r'<pre id="render-check">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
+    assert check["broken"] == [] and check["images"] == 6, check
+    assert check["sections"] == ["summary", "student-decision", "provenance"]
+
+
+def test_the_planted_rule_is_recovered_in_the_formula(demo):
+    surrogate = Surrogate.from_run(demo[1] / "loan", "decision")
+    formula = surrogate.formula()
+    income, debt, gender = (sympy.Symbol(n, real=True) for n in ("income", "debt", "gender"))
+    poly = sympy.Poly(sympy.expand(formula), income, debt, gender)
+    assert poly.total_degree() == 1, formula
+    # The teacher learns the rule from 500 steps of soft targets (its log-odds match the rule to R^2 ~0.99)
+    # and the formula is that of the student's additive part: 20% on each slope, 0.5 on the intercept.
+    assert poly.coeff_monomial(income) == pytest.approx(0.08, rel=0.2)
+    assert poly.coeff_monomial(debt) == pytest.approx(-0.15, rel=0.2)
+    assert poly.coeff_monomial(gender) == pytest.approx(-1.0, rel=0.2)
+    assert poly.coeff_monomial(1) == pytest.approx(-2.0, abs=0.5)
+    prediction = surrogate.predict({"age": [30], "income": [90], "debt": [5], "gender": ["male"]})
+    assert prediction[0, 0] == pytest.approx(0.08 * 90 - 0.15 * 5 - 2, abs=0.6)
+    contributions = surrogate.explain({"age": [30], "income": [90], "debt": [5], "gender": ["female"]})
+    assert contributions["gender"][0, 0] < -0.5 and abs(contributions["age"][0, 0]) < 0.2
+
+
+def test_without_a_planted_effect_the_audit_does_not_flag(tmp_path):
+    config = quick_config(load_config(CONFIGS / "demo_loan.yaml"))
+    rule = config.teacher.rule.model_copy(update={"protected_effect": 0})
+    teacher = config.teacher.model_copy(update={"rule": rule})
+    extract = config.extract.model_copy(update={"rows": 200, "seconds": 5})
+    config = config.model_copy(update={"teacher": teacher, "extract": extract})
+    folder = run(config, tmp_path / "fair", progress=False)
+    audit = json.loads((folder.report / "audit.json").read_text())
+    check = audit["students"]["decision"]["protected"][0]
+    assert check["verdict"] == "not flagged" and check["teacher_mean_abs_change"] < 0.25, check
+
+
+def stamps(root: Path) -> dict[str, int]:
+    paths = {"targets": "targets/manifest.json", "train": "train/fidelity.json", "extract": "formulas/friction.json",
+             "audit": "report/index.html"}  # fmt: skip
+    return {stage: (root / path).stat().st_mtime_ns for stage, path in paths.items()}
+
+
+def test_stages_skip_unchanged_inputs_and_redo_changed_ones(tmp_path):
+    run(parse_config(SMALL), tmp_path, progress=False)
+    first = stamps(tmp_path)
+    run(parse_config(SMALL), tmp_path, progress=False)
+    assert stamps(tmp_path) == first
+    run(parse_config({**SMALL, "checks": {"monotonic": {"mu": "increasing"}}}), tmp_path, progress=False)
+    second = stamps(tmp_path)
+    assert [s for s in first if first[s] != second[s]] == ["audit"]
+    run(parse_config({**SMALL, "train": {**SMALL["train"], "steps": 25}}), tmp_path, progress=False)
+    third = stamps(tmp_path)
+    assert [s for s in first if second[s] != third[s]] == ["train", "extract", "audit"]
+
+
+def test_a_run_killed_at_each_stage_resumes_to_the_same_results(tmp_path):
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "pipelines.cli", "run", str(config), "--out"]
+    subprocess.run([*command, str(tmp_path / "whole")], env=env, check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    for marker in ("targets/shards", "train/checkpoints", "formulas"):
+        process = subprocess.Popen([*command, str(killed)], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while not (killed / marker).exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert main(["run", str(config), "--out", str(killed)]) == 0
+    for path in ("train/fidelity.json", "formulas/friction.json"):
+        whole, resumed = (json.loads((root / path).read_text()) for root in (tmp_path / "whole", killed))
+        assert resumed == whole, path
+
+
+LLM = {
+    "teacher": {"kind": "causal_lm", "path": ".", "template": "x {a}", "labels": {"y": " y", "n": " n"}},
+    "features": [{"name": "a", "low": 0, "high": 1}],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"train": {"hidden": [5, -3]}}, r"train.hidden\[1\]: expected a positive number, got -3"),
+        ({"inputs": {"rows": "many"}}, r"inputs.rows: expected an integer, got 'many'"),
+        ({"teacher": {"kind": "feynman_mlp", "colour": "red"}}, r"teacher.colour: unknown key"),
+        (
+            LLM | {"teacher": {**LLM["teacher"], "path": "/no/such/model"}},
+            r"model folder /no/such/model does not exist",
+        ),
+        (
+            LLM | {"teacher": {**LLM["teacher"], "template": "salary {salary}"}},
+            r"template slot \{salary\} has no feature",
+        ),
+        ({"checks": {"protected": ["race"]}}, r"checks.protected: unknown feature 'race'"),
+    ],
+)
+def test_bad_configs_fail_before_any_work_naming_the_field(tmp_path, change, message, capsys):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**SMALL, **change})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, **change}))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
