@@ -23,7 +23,7 @@ import torch
 
 from distill.formula import from_tree
 from students import KAN
-from teachers.base import hash_files
+from teachers.base import hash_json, hash_tensors
 from teachers.schema import CategoricalFeature, FeatureSchema
 
 
@@ -72,7 +72,8 @@ class Surrogate:
         return list(targets)
 
     def digest(self) -> str:
-        return hash_files([self.folder / "model.safetensors", self.folder / "student.json"])
+        """A hash of the weights and the scaling record (not of file bytes, which hold a save time)."""
+        return hash_json({"weights": hash_tensors(self.model.state_dict()), "record": self.record})
 
     def encode(self, features: Any) -> np.ndarray:
         """Named features (a dict of columns or a DataFrame-like) -> ``(rows, n_features)`` numbers."""
