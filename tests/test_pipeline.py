@@ -204,7 +204,7 @@ def test_bad_configs_fail_before_any_work_naming_the_field(tmp_path, change, mes
 def test_the_example_configs_validate():
     for name in ("demo_loan", "demo_feynman", "minilm_probe"):
         assert load_config(CONFIGS / f"{name}.yaml").students
-    with pytest.raises(ConfigError, match="model folder /models/Llama-3.2-1B-Instruct does not exist"):
+    with pytest.raises(ConfigError, match=r"model folder /models/Llama-3.2-1B-Instruct does not exist"):
         load_config(CONFIGS / "llama_audit.yaml")  # a path the user edits
 
 
