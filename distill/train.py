@@ -439,7 +439,6 @@ def distill(
                               log_with=config.log_with, project_dir=str(out))  # fmt: skip
     if config.log_with:
         accelerator.init_trackers("distill", config={k: str(v) for k, v in asdict(config).items()})
-    torch.manual_seed(config.seed)
 
     trained: dict[str, KAN] = {}
     fidelity: dict[str, dict[str, float]] = {}

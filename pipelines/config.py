@@ -18,7 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
-from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
+from distill.feynman import DEFAULT_CSV, FeynmanTableError, feynman_equation
+from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
 from teachers.schema import FeatureSchema, SchemaError
 from teachers.template import Template
 
@@ -180,6 +181,12 @@ class RunConfig(Strict):
                     Template(template).check(schema)
                 except ValueError as err:
                     raise ValueError(f"teacher.template: {err}") from None
+            labels = self.labels()
+            for student in self.students:
+                unknown = [label for label in student.labels or [] if labels is not None and label not in labels]
+                if unknown:
+                    raise ValueError(f"students: {student.name!r} names label {unknown[0]!r}; the teacher's labels "
+                                     f"are {list(labels)}")  # fmt: skip
             for field, names_ in (("checks.monotonic", list(self.checks.monotonic)),
                                   ("checks.protected", self.checks.protected)):  # fmt: skip
                 unknown = [n for n in names_ if n not in schema.names]
@@ -188,7 +195,14 @@ class RunConfig(Strict):
         return self
 
     def schema(self) -> FeatureSchema | None:
-        """The declared features, or the embedded teacher's own (None for teachers that bring theirs)."""
+        """The declared features, or those the teacher brings (None only for an MLP folder not yet read)."""
+        if self.teacher.kind == "feynman_mlp":
+            try:
+                return feynman_equation(self.teacher.equation, self.teacher.csv or DEFAULT_CSV).schema()
+            except FeynmanTableError as err:
+                raise ValueError(f"teacher.equation: {err}") from None
+        if self.teacher.kind == "diabetes_mlp":
+            return diabetes_schema()
         if self.features is not None:
             try:
                 return FeatureSchema.from_dict(

@@ -140,6 +140,16 @@ def build_loan_llama(
     return folder
 
 
+def diabetes_schema() -> FeatureSchema:
+    """The diabetes data's 10 features (scikit-learn's scaled units), each over its observed range."""
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes()
+    lows, highs = data.data.min(0), data.data.max(0)
+    return FeatureSchema(tuple(NumericFeature(name, float(lo), float(hi))
+                               for name, lo, hi in zip(data.feature_names, lows, highs, strict=True)))  # fmt: skip
+
+
 def diabetes_teacher(hidden: tuple[int, ...] = (64, 64), steps: int = 3000, seed: int = 0) -> MLPTeacher:
     """An MLP fitted to scikit-learn's bundled diabetes data (442 patients, 10 features)."""
     from sklearn.datasets import load_diabetes
@@ -147,7 +157,5 @@ def diabetes_teacher(hidden: tuple[int, ...] = (64, 64), steps: int = 3000, seed
     data = load_diabetes()
     x = torch.as_tensor(data.data, dtype=torch.float32)
     y = torch.as_tensor(data.target, dtype=torch.float32)[:, None]
-    lows, highs = data.data.min(0), data.data.max(0)
-    schema = FeatureSchema(tuple(NumericFeature(name, float(lo), float(hi))
-                                 for name, lo, hi in zip(data.feature_names, lows, highs, strict=True)))  # fmt: skip
+    schema = diabetes_schema()
     return MLPTeacher(train_mlp(x, y, schema, hidden, steps=steps, seed=seed), schema, ["progression"])

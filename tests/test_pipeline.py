@@ -189,6 +189,10 @@ LLM = {
             r"template slot \{salary\} has no feature",
         ),
         ({"checks": {"protected": ["race"]}}, r"checks.protected: unknown feature 'race'"),
+        (
+            {"teacher": {"kind": "embedded_llama"}, "students": [{"name": "d", "labels": ["yes", "maybe"]}]},
+            r"'d' names label 'maybe'",
+        ),  # fmt: skip
     ],
 )
 def test_bad_configs_fail_before_any_work_naming_the_field(tmp_path, change, message, capsys):
