@@ -192,7 +192,7 @@ LLM = {
         (
             {"teacher": {"kind": "embedded_llama"}, "students": [{"name": "d", "labels": ["yes", "maybe"]}]},
             r"'d' names label 'maybe'",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_bad_configs_fail_before_any_work_naming_the_field(tmp_path, change, message, capsys):
