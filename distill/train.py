@@ -464,7 +464,8 @@ def distill(
     if accelerator.is_main_process:
         atomic_write_bytes(out / "fidelity.json", json.dumps(fidelity, indent=2).encode())
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it tears down the process group the caller may need
+        tracker.finish()
     return DistillResult(trained, fidelity, out)
 
 

@@ -393,7 +393,7 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) ->
         return report / "index.html"
     plots = report / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    teacher = build_teacher(config, folder)
+    teacher = build_teacher(config, folder, alone=True)
     _, val_rows = split_rows(len(cache), config.train.validation_fraction, config.train.seed)
     x_val = cache.features()[val_rows[: config.checks.rows]]
     audits = [audit_student(config, folder, cache, teacher, spec, x_val, plots) for spec in student_specs(config)]

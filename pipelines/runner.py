@@ -129,12 +129,18 @@ def build_embedded(config: RunConfig, folder: RunFolder) -> None:
     _write_json(folder.teacher / "stamp.json", {"stamp": stamp})
 
 
-def build_teacher(config: RunConfig, folder: RunFolder) -> Teacher:
-    """The config's teacher; an embedded one is built into ``folder.teacher`` once and reloaded after."""
+def build_teacher(config: RunConfig, folder: RunFolder, alone: bool = False) -> Teacher:
+    """The config's teacher; an embedded one is built into ``folder.teacher`` once and reloaded after.
+
+    ``alone``: called by one process only (inside `main_process_first`), so it must not wait for the others.
+    """
     spec = config.teacher
     kind = spec.kind
     if kind in ("embedded_llama", "feynman_mlp", "diabetes_mlp"):
-        main_process_first(lambda: build_embedded(config, folder))
+        if alone:
+            build_embedded(config, folder)
+        else:
+            main_process_first(lambda: build_embedded(config, folder))
     if kind == "embedded_llama":
         return CausalLMTeacher.from_pretrained(folder.teacher, config.schema(), config.template(), config.labels(),
                                                taps=spec.taps, batch_size=max(spec.batch_size, 64))  # fmt: skip

@@ -225,3 +225,18 @@ def test_the_minilm_probe_runs_on_the_real_encoder(tmp_path):
     assert set(fidelity) == {"luxury", "budget"} and min(f["r2"] for f in fidelity.values()) > 0.5, fidelity
     audit = json.loads((folder.report / "audit.json").read_text())
     assert audit["students"]["luxury"]["monotonic"][0]["feature"] == "price"
+
+
+def test_the_cli_runs_unchanged_on_two_processes(tmp_path):
+    """torchrun's launcher, which `accelerate launch` uses on GPUs (on CPUs accelerate wants MPI)."""
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({**SMALL, "inputs": {"rows": 600, "shard_size": 150}}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"]
+    command = [*launch, "-m", "pipelines.cli", "run", str(config), "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    writers = {json.loads(p.read_text())["process"] for p in (tmp_path / "run").glob("targets/shards/*/shard.json")}
+    assert writers == {0, 1}
+    assert json.loads((tmp_path / "run" / "train" / "fidelity.json").read_text())["friction"]["r2"] > 0.99
+    assert (tmp_path / "run" / "report" / "index.html").is_file()
