@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from distill.feynman import feynman_equation, is_recovered
 from pipelines.config import RunConfig, load_config
 from pipelines.runner import run
@@ -41,6 +43,17 @@ def quick_config(config: RunConfig) -> RunConfig:
 
 
 def run_demo(out: Path, quick: bool = False) -> DemoResult:
+    """Run both demo configs into ``out``. On one torch thread: the models are small enough that a
+    second thread barely helps, and one thread makes every number reproducible from run to run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_demo(out, quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(out: Path, quick: bool) -> DemoResult:
     start = time.perf_counter()
     result = DemoResult(0.0)
     for name in ("loan", "feynman"):

@@ -120,8 +120,13 @@ def partial_dependence(predict, x: np.ndarray, j: int, values: np.ndarray) -> np
     return np.asarray(out)
 
 
-def shape_plot(path: Path, feature, values: np.ndarray, dependence: np.ndarray, data: np.ndarray, ylabel: str) -> None:
-    """The partial dependence over the feature's range, with the data's density below it."""
+def shape_plot(path: Path, feature, values: np.ndarray, dependence: np.ndarray, data: np.ndarray, ylabel: str,
+               min_span: float = 0.0) -> None:  # fmt: skip
+    """The partial dependence over the feature's range, with the data's density below it.
+
+    The y axis spans at least ``min_span``, so that a feature with almost no effect looks flat
+    instead of having its noise magnified to fill the plot.
+    """
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.2, 3.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     if isinstance(feature, CategoricalFeature):
         top.bar(values, dependence, color="#3b6ea8")
@@ -131,6 +136,9 @@ def shape_plot(path: Path, feature, values: np.ndarray, dependence: np.ndarray, 
     else:
         top.plot(values, dependence, color="#3b6ea8", lw=2)
         bottom.hist(data, bins=30, color="#999999")
+    middle, half = (dependence.max() + dependence.min()) / 2, max(np.ptp(dependence), min_span) / 2
+    if not isinstance(feature, CategoricalFeature):
+        top.set_ylim(middle - 1.1 * half, middle + 1.1 * half)
     top.set_ylabel(ylabel, fontsize=8)
     top.set_title(f"{feature.name}: shape (partial dependence)", fontsize=9)
     bottom.set_ylabel("rows", fontsize=8)
@@ -192,6 +200,7 @@ def audit_student(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, 
     def teacher_fn(x: np.ndarray) -> np.ndarray:
         return teacher_output(teacher, spec.targets, spec.kind, schema.decode(x))
 
+    dependences = {}
     for j, feature in enumerate(schema.features):
         if isinstance(feature, CategoricalFeature):
             values = np.arange(len(feature.values), dtype=np.float64)
@@ -199,10 +208,13 @@ def audit_student(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, 
             values = np.linspace(feature.low, feature.high, 40)
             if feature.integer:
                 values = np.unique(np.round(values))
-        dependence = partial_dependence(student_fn, x_val, j, values)
-        audit.importance[feature.name] = float(dependence.max() - dependence.min())
+        dependences[feature.name] = (values, partial_dependence(student_fn, x_val, j, values))
+        audit.importance[feature.name] = float(np.ptp(dependences[feature.name][1]))
+    span = max(audit.importance.values())
+    for j, feature in enumerate(schema.features):
         name = f"{spec.name}_shape_{feature.name}.png"
-        shape_plot(plots / name, feature, values, dependence, x_val[:, j], output)
+        values, dependence = dependences[feature.name]
+        shape_plot(plots / name, feature, values, dependence, x_val[:, j], output, min_span=0.1 * span)
         audit.plots[feature.name] = f"plots/{name}"
     importance_plot(plots / f"{spec.name}_importance.png", audit.importance)
     audit.plots["importance"] = f"plots/{spec.name}_importance.png"
@@ -264,7 +276,7 @@ def _fmt(value: Any) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em}table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;font-size:.92em}.flagged{color:#b00020;font-weight:600}
-.plots img{margin:.3em;border:1px solid #eee}code{background:#f4f4f4;padding:.1em .3em}"""
+.plots img{margin:.3em;border:1px solid #eee}img{max-width:100%}code{background:#f4f4f4;padding:.1em .3em}"""
 
 CHECK_SCRIPT = """<script>
 window.addEventListener("load", () => {

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sympy
 import torch
 import yaml
 
@@ -232,7 +233,12 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
             "student": spec.name,
             "features": cache.schema.names,
             "outputs": [
-                {"target": target, "tree": to_tree(expr), "text": str(expr), "latex": _latex(expr)}
+                {
+                    "target": target,
+                    "tree": to_tree(expr),
+                    "text": str(sympy.N(expr, 4)),
+                    "latex": sympy.latex(sympy.N(expr, 4), mul_symbol="dot"),
+                }
                 for target, expr in zip(output_names(spec), outputs, strict=True)
             ],
             "fidelity_vs_teacher": fidelity,
@@ -240,12 +246,6 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
         _write_json(path, record)
         results[spec.name] = record
     return results
-
-
-def _latex(expr: Any) -> str:
-    import sympy
-
-    return sympy.latex(expr, mul_symbol="dot")
 
 
 def output_names(spec: StudentSpec) -> list[str]:
@@ -257,8 +257,6 @@ def output_names(spec: StudentSpec) -> list[str]:
 
 def evaluate_formulas(expressions: list, features: list[str], x: np.ndarray) -> np.ndarray:
     """Evaluate sympy formulas of the named features on ``x`` ``(rows, n)`` -> ``(rows, len(expressions))``."""
-    import sympy
-
     symbols = [sympy.Symbol(name, real=True) for name in features]
     columns = []
     for expr in expressions:
