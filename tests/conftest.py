@@ -29,3 +29,14 @@ def loan_llama(tmp_path_factory) -> Path:
         return build_loan_llama(tmp_path_factory.mktemp("loan_llama"), LoanRule(protected_effect=-1.0), seed=0)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models on one thread: as fast, and not slowed by other processes' load (OpenMP contention)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,12 +17,7 @@ BATCH = {"income": [3, 17, 0, 9, 12, 20, 5, 8, 1, 14, 6, 19, 2], "job": [JOBS[i 
 TAPS = ["layers.*.attn.heads.*.out", "layers.*.attn.heads.*.dla[yes-no]", "layers.1.mlp.neurons.3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

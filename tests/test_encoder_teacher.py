@@ -22,13 +22,7 @@ BATCH = {"price": [1, 5, 9000, 20, 5000, 77, 3, 640, 12, 8000, 2],
          "item": [ITEMS[i % 4] for i in (0, 2, 3, 1, 2, 3, 0, 1, 3, 3, 2)]}  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Short texts through a small model: one thread is as fast, and is not slowed by other processes' load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def by_hand(model, tokenizer, text: str) -> torch.Tensor:

@@ -28,12 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"hidden": [3], "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
