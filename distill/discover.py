@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 class DiscoverConfig:
     """Student shape, schedule, and which target transforms to try.
 
+    ``hidden``: the hidden width of the second candidate (None: additive candidates only).
     ``simplicity_margin``: a richer candidate must beat a simpler one's held-out R^2 by more than
     this to be chosen (0: the best R^2 wins; audits use 0.01 to keep a readable additive formula
     when a deeper one is barely better). ``complexity_weight``: how much each unit of a library
@@ -38,7 +39,7 @@ class DiscoverConfig:
     (5 suits exact laws in clean data; an audit of a noisy teacher wants about 1.2).
     """
 
-    hidden: int = 5
+    hidden: int | None = 5
     grid: int = 5
     seed: int = 0
     log_target: bool = True
@@ -86,7 +87,8 @@ def discover_formula(
     n_val = max(1, int(config.validation_fraction * x.shape[0]))
     x_fit, x_val, y_fit, y_val = x[n_val:], x[:n_val], y[n_val:], y[:n_val]
     transforms = ["identity"] + (["log"] if config.log_target and bool((y > 0).all()) else [])
-    candidates = [(w, t) for w in ([x.shape[1], 1], [x.shape[1], config.hidden, 1]) for t in transforms]
+    widths = [[x.shape[1], 1]] + ([[x.shape[1], config.hidden, 1]] if config.hidden else [])
+    candidates = [(w, t) for w in widths for t in transforms]
     deadline = None if config.seconds is None else time.monotonic() + config.seconds
 
     best: Discovery | None = None

@@ -48,7 +48,7 @@ from distill.targets import SoftTargetCache
 from students import KAN
 from students.persistence import atomic_write_bytes
 from teachers.base import hash_json
-from teachers.schema import CategoricalFeature, FeatureSchema
+from teachers.schema import FeatureSchema
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,14 @@ class StudentSpec:
     @property
     def n_outputs(self) -> int:
         return len(self.targets) - (self.kind == "labels")
+
+    @property
+    def output_names(self) -> list[str]:
+        """What each output is: the target column, or ``logodds[A-LAST]`` for a label set."""
+        if self.kind == "scalar":
+            return list(self.targets)
+        labels = [t.removeprefix("logprob[").removesuffix("]") for t in self.targets]
+        return [f"logodds[{label}-{labels[-1]}]" for label in labels[:-1]]
 
     @property
     def loss_name(self) -> str:
@@ -171,13 +179,6 @@ class GroupData:
     y_val: torch.Tensor
     y_mean: torch.Tensor
     y_std: torch.Tensor
-
-
-def feature_ranges(schema: FeatureSchema) -> tuple[np.ndarray, np.ndarray]:
-    """Each feature's ``(low, high)`` as encoded: a category's index runs over ``[0, n_values - 1]``."""
-    low = [0.0 if isinstance(f, CategoricalFeature) else f.low for f in schema.features]
-    high = [len(f.values) - 1.0 if isinstance(f, CategoricalFeature) else f.high for f in schema.features]
-    return np.asarray(low), np.asarray(high)
 
 
 def scale_inputs(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> torch.Tensor:
@@ -432,7 +433,7 @@ def distill(
         raise TrainError(f"the cache {cache.folder} has {len(cache)} rows; students need at least 10")
     targets = {spec.name: target_matrix(cache, spec) for spec in students}
     schema = cache.schema
-    low, high = feature_ranges(schema)
+    low, high = schema.encoded_ranges()
     x = scale_inputs(cache.features(), low, high)
     train_rows, val_rows = split_rows(len(cache), config.validation_fraction, config.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,

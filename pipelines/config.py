@@ -140,6 +140,7 @@ class ExtractSection(Strict):
 
     seconds: PositiveFloat = 60.0
     rows: PositiveInt = 1500
+    hidden: PositiveInt | None = 5
     simplicity_margin: float = Field(default=0.01, ge=0)
     complexity_weight: float = Field(default=2.0, ge=0)
     snap_growth: float = Field(default=1.0, ge=1)

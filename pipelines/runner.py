@@ -35,7 +35,7 @@ from distill.feynman import DEFAULT_CSV, feynman_teacher
 from distill.fidelity import label_fidelity, scalar_fidelity
 from distill.formula import to_tree
 from distill.targets import CacheError, SoftTargetCache, generate_targets, read_inputs, sample_inputs
-from distill.train import StudentSpec, TrainConfig, distill, split_rows
+from distill.train import StudentSpec, TrainConfig, distill, split_rows, target_matrix
 from pipelines.config import RunConfig
 from pipelines.surrogate import Surrogate
 from students.persistence import atomic_write_bytes
@@ -193,12 +193,6 @@ def stage_train(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, pr
     return result.fidelity
 
 
-def teacher_columns(cache: SoftTargetCache, spec: StudentSpec) -> np.ndarray:
-    """The teacher's values of what the student predicts, ``(rows, out)``: columns, or log-odds."""
-    y = np.stack([cache.target(t) for t in spec.targets], 1).astype(np.float64)
-    return y[:, :-1] - y[:, -1:] if spec.kind == "labels" else y
-
-
 def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) -> dict[str, dict]:
     """Per student with ``extract: true``: a formula of the student's outputs in the features' own units."""
     results = {}
@@ -217,7 +211,7 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
         student_y = surrogate.predict_encoded(x[rows])
         discover = DiscoverConfig(seconds=config.extract.seconds, simplicity_margin=config.extract.simplicity_margin,
                                   complexity_weight=config.extract.complexity_weight, seed=config.train.seed,
-                                  snap_growth=config.extract.snap_growth)  # fmt: skip
+                                  snap_growth=config.extract.snap_growth, hidden=config.extract.hidden)  # fmt: skip
         outputs = []
         for j in range(student_y.shape[1]):
             found = discover_formula(torch.as_tensor(x[rows], dtype=torch.float32),
@@ -225,7 +219,7 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
                                      discover)  # fmt: skip
             outputs.append(found.expression)
         formula_y = evaluate_formulas(outputs, cache.schema.names, x[val_rows])
-        teacher_y = teacher_columns(cache, spec)[val_rows]
+        teacher_y = target_matrix(cache, spec)[val_rows]
         measure = label_fidelity if spec.kind == "labels" else scalar_fidelity
         fidelity = measure(torch.as_tensor(formula_y), torch.as_tensor(teacher_y))
         record = {
@@ -239,20 +233,13 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
                     "text": str(sympy.N(expr, 4)),
                     "latex": sympy.latex(sympy.N(expr, 4), mul_symbol="dot"),
                 }
-                for target, expr in zip(output_names(spec), outputs, strict=True)
+                for target, expr in zip(spec.output_names, outputs, strict=True)
             ],
             "fidelity_vs_teacher": fidelity,
         }
         _write_json(path, record)
         results[spec.name] = record
     return results
-
-
-def output_names(spec: StudentSpec) -> list[str]:
-    if spec.kind == "labels":
-        last = spec.targets[-1][len("logprob[") : -1]
-        return [f"logodds[{t[len('logprob[') : -1]}-{last}]" for t in spec.targets[:-1]]
-    return list(spec.targets)
 
 
 def evaluate_formulas(expressions: list, features: list[str], x: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import sympy
 import torch
 
 from distill.formula import from_tree
+from distill.train import StudentSpec
 from students import KAN
 from teachers.base import hash_json, hash_tensors
 from teachers.schema import CategoricalFeature, FeatureSchema
@@ -65,11 +66,7 @@ class Surrogate:
 
     @property
     def outputs(self) -> list[str]:
-        targets = self.record["targets"]
-        if self.record["kind"] == "labels":
-            last = targets[-1][len("logprob[") : -1]
-            return [f"logodds[{t[len('logprob[') : -1]}-{last}]" for t in targets[:-1]]
-        return list(targets)
+        return StudentSpec(self.name, tuple(self.record["targets"]), kind=self.record["kind"]).output_names
 
     def digest(self) -> str:
         """A hash of the weights and the scaling record (not of file bytes, which hold a save time)."""

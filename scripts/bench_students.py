@@ -32,7 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -44,7 +43,7 @@ except ImportError:
 from distill.feynman import feynman_teacher
 from distill.fidelity import r2_score
 from distill.targets import generate_targets, sample_inputs
-from distill.train import StudentSpec, TrainConfig, feature_ranges, scale_inputs, split_rows
+from distill.train import StudentSpec, TrainConfig, scale_inputs, split_rows, target_matrix
 from distill.train import distill as run_distill
 from teachers.causal_lm import CausalLMTeacher
 from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, LoanRule, build_loan_llama, diabetes_teacher
@@ -76,10 +75,9 @@ def compare(name: str, cache, spec: StudentSpec, work: Path, with_ebm: bool = Fa
     result = run_distill(cache, [spec], work / name, TrainConfig(progress=False))
     kan_s = time.perf_counter() - start
     student = result.students[spec.name]
-    low, high = feature_ranges(cache.schema)
+    low, high = cache.schema.encoded_ranges()
     x = scale_inputs(cache.features(), low, high)
-    columns = np.stack([cache.target(t) for t in spec.targets], 1)
-    y = torch.as_tensor(columns[:, :-1] - columns[:, -1:] if spec.kind == "labels" else columns, dtype=torch.float32)
+    y = torch.as_tensor(target_matrix(cache, spec), dtype=torch.float32)
     train, val = split_rows(len(cache), 0.2, 0)
     mean, std = y[train].mean(0), y[train].std(0)
     with torch.no_grad():

@@ -20,7 +20,7 @@ from torch import nn
 
 from students.persistence import atomic_write_bytes
 from teachers.base import Teacher, TeacherError, hash_tensors
-from teachers.schema import Batch, CategoricalFeature, FeatureSchema
+from teachers.schema import Batch, FeatureSchema
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -60,19 +60,12 @@ class MLP(nn.Module):
         return {"kind": "mlp", "sizes": self.sizes, "activation": self.activation}
 
 
-def schema_ranges(schema: FeatureSchema) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each feature's encoded range: ``[low, high]`` or ``[0, n_values - 1]``, two ``(n_features,)`` tensors."""
-    low = [0.0 if isinstance(f, CategoricalFeature) else f.low for f in schema.features]
-    high = [len(f.values) - 1.0 if isinstance(f, CategoricalFeature) else f.high for f in schema.features]
-    return torch.tensor(low), torch.tensor(high)
-
-
 def train_mlp(x: torch.Tensor, y: torch.Tensor, schema: FeatureSchema, hidden: Sequence[int] = (64, 64),
               steps: int = 3000, lr: float = 3e-3, seed: int = 0, activation: str = "silu") -> MLP:  # fmt: skip
     """Fit an `MLP` to ``x (batch, n_in) -> y (batch, n_out)`` with full-batch Adam, seeded."""
     torch.manual_seed(seed)
     mlp = MLP([x.shape[1], *hidden, y.shape[1]], activation)
-    mlp.low, mlp.high = schema_ranges(schema)
+    mlp.low, mlp.high = (torch.as_tensor(r, dtype=torch.float32) for r in schema.encoded_ranges())
     mlp.out_mean, mlp.out_std = y.mean(0), y.std(0).clamp_min(1e-8)
     optimizer = torch.optim.Adam(mlp.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)

@@ -134,6 +134,13 @@ class FeatureSchema:
         columns = [f.check(batch[f.name]) for f in self.features]
         return np.stack(columns, axis=1)
 
+    def encoded_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each feature's range as encoded, two ``(n_features,)`` arrays: a category's index spans
+        ``[0, n_values - 1]``."""
+        low = [0.0 if isinstance(f, CategoricalFeature) else f.low for f in self.features]
+        high = [len(f.values) - 1.0 if isinstance(f, CategoricalFeature) else f.high for f in self.features]
+        return np.asarray(low), np.asarray(high)
+
     def decode(self, x: np.ndarray) -> dict[str, list]:
         """The inverse of `encode`: numbers ``(batch, n_features)`` back to a columnar batch."""
         batch: dict[str, list] = {}
