@@ -12,23 +12,26 @@ import logging
 import sys
 from pathlib import Path
 
+from distill.formula import FormulaError
 from distill.targets import CacheError
 from distill.train import StudentSpec, TrainConfig, TrainError, distill
 from pipelines.config import ConfigError, load_config
 from pipelines.demo import run_demo
-from pipelines.runner import STAGES, run
+from pipelines.runner import STAGES, RunFolderError, run
 from pipelines.surrogate import Surrogate
 from teachers.base import TeacherError
+from teachers.names import InvalidNameError
 from teachers.schema import SchemaError
 
 EXIT_BAD_INPUT = 2
-BAD_INPUT = (ConfigError, CacheError, TrainError, TeacherError, SchemaError, FileNotFoundError)
+BAD_INPUT = (ConfigError, CacheError, TrainError, TeacherError, SchemaError, FormulaError, InvalidNameError,
+             RunFolderError, FileNotFoundError, NotADirectoryError)  # fmt: skip
 
 
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     config = load_config(args.config)
     out = Path(args.out) if args.out else Path("runs") / config.name
-    folder = run(config, out, stages)
+    folder = run(config, out, stages, progress=not args.quiet)
     print(f"{', '.join(stages)}: done in {folder.root}")
     if "audit" in stages:
         print(f"Report: {folder.report / 'index.html'}")
@@ -64,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    result = run_demo(Path(args.out), quick=args.quick)
+    result = run_demo(Path(args.out), quick=args.quick, progress=not args.quiet)
     print(f"Demo finished in {result.seconds:.0f} s.")
     for line in result.findings:
         print(f"  - {line}")
@@ -92,16 +95,33 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Each stage's start, progress and result by default; ``quiet``: warnings only; ``verbose``: details
+    and the progress bars of transformers and datasets too."""
+    import datasets
+    import transformers
+
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for package in ("pipelines", "distill", "teachers", "students"):
+        logging.getLogger(package).setLevel(level)
+    if not verbose:
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kandistill",
         description="Distil black-box models into small, inspectable KAN students, and audit them. "
         "A run config (YAML) names the teacher, its inputs, the students and the checks; "
         "`kandistill run CONFIG` goes targets -> train -> extract -> audit, resuming where it stopped.",
-        epilog="Examples: kandistill demo | kandistill run pipelines/configs/demo_loan.yaml | "
-        "kandistill inspect runs/loan-audit-demo",
+        epilog="Examples: kandistill demo | kandistill inspect runs/demo/loan | "
+        "kandistill run pipelines/configs/demo_loan.yaml",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="also log details and library progress bars")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="print only warnings, errors and the result")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for name, stages, text in (("run", STAGES, "all stages: targets, train, extract, audit"),
@@ -149,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train" and args.config is None and args.cache is None:
         parser.error("train: give a run CONFIG, or --cache DIR with --student/--labels")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    configure_logging(verbose=args.verbose, quiet=args.quiet)
     try:
         return args.handler(args)
     except BAD_INPUT as err:

@@ -13,15 +13,31 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from distill.feynman import DEFAULT_CSV, FeynmanTableError, feynman_equation
 from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
-from teachers.schema import FeatureSchema, SchemaError
-from teachers.template import Template
+from teachers.names import InvalidNameError, check_slug
+from teachers.schema import MAX_FEATURES, MAX_VALUE_CHARS, MAX_VALUES, FeatureSchema, SchemaError
+from teachers.template import MAX_TEMPLATE_CHARS, Template
+
+MAX_CONFIG_BYTES = 1_000_000
+
+
+def _slug(value: str) -> str:
+    try:
+        return check_slug(value, "name")
+    except InvalidNameError as err:
+        raise ValueError(str(err).removeprefix("name: ")) from None
+
+
+Slug = Annotated[str, AfterValidator(_slug)]
+Text = Annotated[str, Field(max_length=4096)]
+Count = Annotated[int, Field(gt=0, le=1_000_000)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class ConfigError(ValueError):
@@ -35,11 +51,11 @@ class Strict(BaseModel):
 class FeatureConfig(Strict):
     """A numeric feature (``low``, ``high``, ``integer``) or a categorical one (``values``)."""
 
-    name: str
+    name: str = Field(max_length=64)
     low: float | None = None
     high: float | None = None
     integer: bool = False
-    values: list[str] | None = None
+    values: list[Annotated[str, Field(max_length=MAX_VALUE_CHARS)]] | None = Field(default=None, max_length=MAX_VALUES)
 
     @model_validator(mode="after")
     def _kind(self) -> FeatureConfig:
@@ -62,20 +78,20 @@ class TeacherConfig(Strict):
     """Which teacher, and the sub-task: a template and a label set, references, or taps."""
 
     kind: Literal["causal_lm", "encoder", "mlp", "embedded_llama", "feynman_mlp", "diabetes_mlp"]
-    path: str | None = None
-    template: str | None = None
-    labels: dict[str, str] | None = None
-    references: dict[str, str] | None = None
-    taps: list[str] = Field(default_factory=list)
-    dtype: str | None = None
-    device_map: str | None = None
+    path: Text | None = None
+    template: str | None = Field(default=None, max_length=MAX_TEMPLATE_CHARS)
+    labels: dict[Slug, Annotated[str, Field(max_length=200)]] | None = Field(default=None, max_length=100)
+    references: dict[Slug, Text] | None = Field(default=None, max_length=100)
+    taps: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=100)
+    dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = None
     trust_remote_code: bool = False
-    revision: str | None = None
-    batch_size: PositiveInt = 16
-    equation: str = "I.12.1"
-    csv: str | None = None
+    revision: Annotated[str, Field(max_length=200)] | None = None
+    batch_size: Annotated[int, Field(gt=0, le=4096)] = 16
+    equation: Annotated[str, Field(max_length=32)] = "I.12.1"
+    csv: Text | None = None
     rule: LoanRuleConfig = Field(default_factory=LoanRuleConfig)
-    train_steps: PositiveInt = 800
+    train_steps: Annotated[int, Field(gt=0, le=100_000)] = 800
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> TeacherConfig:
@@ -97,18 +113,18 @@ class InputsConfig(Strict):
     """Where the teacher's inputs come from: a sampler over the features, or a CSV file."""
 
     sampler: Literal["uniform", "lhs", "grid"] = "lhs"
-    rows: PositiveInt = 4000
-    seed: int = 0
-    csv: str | None = None
-    shard_size: PositiveInt = 1024
+    rows: Annotated[int, Field(gt=0, le=10_000_000)] = 4000
+    seed: Seed = 0
+    csv: Text | None = None
+    shard_size: Count = 1024
 
 
 class StudentConfig(Strict):
     """A student of cache columns (``targets``) or of a label set's log-odds (``labels``)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
-    targets: list[str] | None = None
-    labels: list[str] | None = None
+    name: Slug
+    targets: list[Annotated[str, Field(max_length=200)]] | None = Field(default=None, max_length=1000)
+    labels: list[Slug] | None = Field(default=None, max_length=100)
     loss: Literal["mse", "mse_logodds", "kl", "soft_ce"] | None = None
     temperature: PositiveFloat = 1.0
     extract: bool = True
@@ -125,22 +141,22 @@ class StudentConfig(Strict):
 class TrainSection(Strict):
     """Maps onto `distill.train.TrainConfig`."""
 
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [5])
-    grid: PositiveInt = 5
-    refine_grid: PositiveInt | None = 10
+    hidden: list[Annotated[int, Field(gt=0, le=1024)]] = Field(default_factory=lambda: [5], max_length=8)
+    grid: Annotated[int, Field(gt=0, le=200)] = 5
+    refine_grid: Annotated[int, Field(gt=0, le=1000)] | None = 10
     optimizer: Literal["auto", "lbfgs", "adam"] = "auto"
-    steps: PositiveInt | None = None
-    sparse_steps: int = Field(default=0, ge=0)
+    steps: Count | None = None
+    sparse_steps: int = Field(default=0, ge=0, le=1_000_000)
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class ExtractSection(Strict):
     """Maps onto `distill.discover.DiscoverConfig` for each student with ``extract: true``."""
 
-    seconds: PositiveFloat = 60.0
-    rows: PositiveInt = 1500
-    hidden: PositiveInt | None = 5
+    seconds: float = Field(default=600.0, gt=0, le=86_400)
+    rows: Annotated[int, Field(gt=0, le=100_000)] = 1500
+    hidden: Annotated[int, Field(gt=0, le=64)] | None = 5
     simplicity_margin: float = Field(default=0.01, ge=0)
     complexity_weight: float = Field(default=2.0, ge=0)
     snap_growth: float = Field(default=1.0, ge=1)
@@ -149,18 +165,18 @@ class ExtractSection(Strict):
 class ChecksConfig(Strict):
     """Declared checks: monotonic features, and protected attributes tested by counterfactual flips."""
 
-    monotonic: dict[str, Literal["increasing", "decreasing"]] = Field(default_factory=dict)
-    protected: list[str] = Field(default_factory=list)
+    monotonic: dict[str, Literal["increasing", "decreasing"]] = Field(default_factory=dict, max_length=MAX_FEATURES)
+    protected: list[str] = Field(default_factory=list, max_length=MAX_FEATURES)
     protected_threshold: PositiveFloat = 0.1
-    rows: PositiveInt = 1000
+    rows: Annotated[int, Field(gt=0, le=100_000)] = 1000
 
 
 class RunConfig(Strict):
-    name: str = "run"
+    name: Slug = "run"
     teacher: TeacherConfig
-    features: list[FeatureConfig] | None = None
+    features: list[FeatureConfig] | None = Field(default=None, max_length=MAX_FEATURES)
     inputs: InputsConfig = Field(default_factory=InputsConfig)
-    students: list[StudentConfig]
+    students: list[StudentConfig] = Field(max_length=1000)
     train: TrainSection = Field(default_factory=TrainSection)
     extract: ExtractSection = Field(default_factory=ExtractSection)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
@@ -235,12 +251,21 @@ def describe_error(error: ValidationError) -> str:
             "int_type": "expected an integer",
             "extra_forbidden": "unknown key (not part of the config schema)",
             "missing": "required, but missing",
+            "less_than_equal": f"expected at most {context.get('le')}",
+            "too_long": f"expected at most {context.get('max_length')} items",
+            "string_too_long": f"expected at most {context.get('max_length')} characters",
         }.get(kind) or re.sub(r"^Value error, ", "", item["msg"])
         message = message[0].lower() + message[1:]
         value = item.get("input")
-        shown = "" if kind in ("missing", "value_error") or isinstance(value, dict) else f", got {value!r}"
+        hidden = kind in ("missing", "value_error", "too_long") or isinstance(value, dict)
+        shown = "" if hidden else f", got {_short(value)}"
         lines.append(f"{path}: {message}{shown}" if path else f"{message}{shown}")
     return "\n".join(lines)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def parse_config(data: Any, source: str = "config") -> RunConfig:
@@ -253,13 +278,29 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}:\n{describe_error(err)}") from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases: ``*name`` can make a few bytes expand into billions of nodes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed "
+                              "in run configs; write the value out")  # fmt: skip
+        return super().compose_node(parent, index)
+
+
 def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML run config (``yaml.safe_load``: data only, no tags that build objects)."""
+    """Read and validate a YAML run config: data only (safe loading, no tags that build objects, no
+    aliases), at most ``MAX_CONFIG_BYTES``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes; a run config is at most {MAX_CONFIG_BYTES}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {str(err)[:300]}") from None
     return parse_config(data, str(path))

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from pipelines.runner import run
 from pipelines.surrogate import Surrogate
 
 CONFIGS = Path(__file__).parent / "configs"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,24 +44,25 @@ def quick_config(config: RunConfig) -> RunConfig:
     return config.model_copy(update={"teacher": teacher, "inputs": inputs, "train": train, "extract": extract})
 
 
-def run_demo(out: Path, quick: bool = False) -> DemoResult:
+def run_demo(out: Path, quick: bool = False, progress: bool = True) -> DemoResult:
     """Run both demo configs into ``out``. On one torch thread: the models are small enough that a
     second thread barely helps, and one thread makes every number reproducible from run to run."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run_demo(out, quick)
+        return _run_demo(out, quick, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_demo(out: Path, quick: bool) -> DemoResult:
+def _run_demo(out: Path, quick: bool, progress: bool) -> DemoResult:
     start = time.perf_counter()
     result = DemoResult(0.0)
     for name in ("loan", "feynman"):
         config = load_config(CONFIGS / f"demo_{name}.yaml")
         config = quick_config(config) if quick else config
-        folder = run(config, out / name)
+        logger.info("demo %d of 2: %s (%s)", 1 + (name == "feynman"), name, CONFIGS / f"demo_{name}.yaml")
+        folder = run(config, out / name, progress=progress)
         result.reports.append(folder.report / "index.html")
         audit = (folder.report / "report.md").read_text()
         summary = audit.split("## Summary", 1)[1].split("\n## ", 1)[0]

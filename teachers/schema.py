@@ -15,11 +15,25 @@ from typing import Any
 
 import numpy as np
 
+from teachers.names import InvalidNameError, check_identifier
+
 Batch = Mapping[str, Sequence[Any]]
 
 
 class SchemaError(ValueError):
     """An input that does not fit the schema; the message names the feature and the value."""
+
+
+MAX_FEATURES = 1000
+MAX_VALUES = 1000
+MAX_VALUE_CHARS = 200
+
+
+def _check_name(name: object) -> None:
+    try:
+        check_identifier(name, "feature name")
+    except InvalidNameError as err:
+        raise SchemaError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,7 @@ class NumericFeature:
     integer: bool = False
 
     def __post_init__(self) -> None:
+        _check_name(self.name)
         object.__setattr__(self, "low", float(self.low))
         object.__setattr__(self, "high", float(self.high))
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
@@ -68,9 +83,15 @@ class CategoricalFeature:
     values: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        _check_name(self.name)
         object.__setattr__(self, "values", tuple(self.values))
-        if len(self.values) < 2 or len(set(self.values)) != len(self.values):
-            raise SchemaError(f"feature {self.name!r}: expected at least two distinct values, got {self.values}")
+        long = [v for v in self.values if not isinstance(v, str) or not 0 < len(v) <= MAX_VALUE_CHARS]
+        if long:
+            raise SchemaError(f"feature {self.name!r}: each value must be a string of 1 to {MAX_VALUE_CHARS} "
+                              f"characters, got {str(long[0])[:80]!r}")  # fmt: skip
+        if not 2 <= len(self.values) <= MAX_VALUES or len(set(self.values)) != len(self.values):
+            raise SchemaError(f"feature {self.name!r}: expected 2 to {MAX_VALUES} distinct values, "
+                              f"got {len(self.values)} ({len(set(self.values))} distinct)")  # fmt: skip
 
     def check(self, values: Sequence[Any]) -> np.ndarray:
         index = {v: i for i, v in enumerate(self.values)}
@@ -98,8 +119,8 @@ class FeatureSchema:
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
         names = [f.name for f in self.features]
-        if not names:
-            raise SchemaError("a feature schema needs at least one feature")
+        if not 0 < len(names) <= MAX_FEATURES:
+            raise SchemaError(f"a feature schema needs 1 to {MAX_FEATURES} features, got {len(names)}")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise SchemaError(f"duplicate feature names: {duplicates}")
@@ -160,23 +181,25 @@ class FeatureSchema:
     @classmethod
     def from_dict(cls, items: Sequence[Mapping[str, Any]]) -> FeatureSchema:
         """Build a schema from plain data (a config file's ``features`` list), naming any bad field."""
-        features: list[Feature] = []
-        for i, item in enumerate(items):
-            where = f"features[{i}]"
-            if not isinstance(item, Mapping) or "name" not in item:
-                raise SchemaError(f"{where}: expected a mapping with a 'name', got {item!r}")
-            kind = item.get("kind", "categorical" if "values" in item else "numeric")
-            if kind == "numeric":
-                extra = set(item) - {"name", "kind", "low", "high", "integer"}
-                if extra or "low" not in item or "high" not in item:
-                    raise SchemaError(f"{where} ({item['name']}): numeric features take name, low, high, integer")
-                features.append(NumericFeature(str(item["name"]), float(item["low"]), float(item["high"]),
-                                               bool(item.get("integer", False))))  # fmt: skip
-            elif kind == "categorical":
-                extra = set(item) - {"name", "kind", "values"}
-                if extra or not isinstance(item.get("values"), Sequence) or isinstance(item.get("values"), str):
-                    raise SchemaError(f"{where} ({item['name']}): categorical features take name and a list of values")
-                features.append(CategoricalFeature(str(item["name"]), tuple(str(v) for v in item["values"])))
-            else:
-                raise SchemaError(f"{where}.kind: expected 'numeric' or 'categorical', got {kind!r}")
-        return cls(tuple(features))
+        if not isinstance(items, Sequence) or isinstance(items, str) or not 0 < len(items) <= MAX_FEATURES:
+            raise SchemaError(f"features: expected a list of 1 to {MAX_FEATURES} features")
+        return cls(tuple(_feature_from_dict(item, f"features[{i}]") for i, item in enumerate(items)))
+
+
+def _feature_from_dict(item: Any, where: str) -> Feature:
+    if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+        raise SchemaError(f"{where}: expected a mapping with a 'name', got {str(item)[:80]!r}")
+    where = f"{where} ({item['name'][:40]})"
+    kind = item.get("kind", "categorical" if "values" in item else "numeric")
+    if kind == "numeric":
+        low, high, integer = item.get("low"), item.get("high"), item.get("integer", False)
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+        if set(item) - {"name", "kind", "low", "high", "integer"} or not numbers or not isinstance(integer, bool):
+            raise SchemaError(f"{where}: numeric features take name, low and high (numbers), integer (true/false)")
+        return NumericFeature(item["name"], low, high, integer)
+    if kind == "categorical":
+        values = item.get("values")
+        if set(item) - {"name", "kind", "values"} or not isinstance(values, list | tuple):
+            raise SchemaError(f"{where}: categorical features take name and a list of values")
+        return CategoricalFeature(item["name"], tuple(str(v) if isinstance(v, int | float) else v for v in values))
+    raise SchemaError(f"{where}.kind: expected 'numeric' or 'categorical', got {str(kind)[:40]!r}")

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from teachers.base import TeacherError
 from teachers.schema import Batch, FeatureSchema
 
+MAX_TEMPLATE_CHARS = 20_000
+
 
 @dataclass(frozen=True)
 class Template:
@@ -17,13 +19,23 @@ class Template:
 
     @property
     def slots(self) -> list[str]:
+        """The slot names, in order. Only plain ``{feature}`` slots are allowed: a format spec or a
+        conversion (``{age:>999999999}``, ``{age!r}``) could fail or exhaust memory at render time."""
+        if len(self.text) > MAX_TEMPLATE_CHARS:
+            raise TeacherError(f"template: at most {MAX_TEMPLATE_CHARS} characters, got {len(self.text)}")
         try:
-            fields = [name for _, name, spec, conv in string.Formatter().parse(self.text) if name is not None]
+            parts = list(string.Formatter().parse(self.text))
         except ValueError as err:
-            raise TeacherError(f"template {self.text!r}: {err}") from err
-        for name in fields:
-            if not name.isidentifier():
-                raise TeacherError(f"template {self.text!r}: slot {{{name}}} is not a plain feature name")
+            raise TeacherError(f"template {self.text[:80]!r}: {err}") from None
+        fields = []
+        for _, name, spec, conversion in parts:
+            if name is None:
+                continue
+            if not name.isidentifier() or spec or conversion:
+                shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise TeacherError(f"template slot {shown[:80]} is not a plain {{feature}} slot "
+                                   "(no format specs, conversions, indexing or attributes)")  # fmt: skip
+            fields.append(name)
         return fields
 
     def check(self, schema: FeatureSchema) -> None:
