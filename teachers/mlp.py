@@ -61,8 +61,14 @@ class MLP(nn.Module):
 
 
 def train_mlp(x: torch.Tensor, y: torch.Tensor, schema: FeatureSchema, hidden: Sequence[int] = (64, 64),
-              steps: int = 3000, lr: float = 3e-3, seed: int = 0, activation: str = "silu") -> MLP:  # fmt: skip
-    """Fit an `MLP` to ``x (batch, n_in) -> y (batch, n_out)`` with full-batch Adam, seeded."""
+              steps: int = 3000, lr: float = 3e-3, seed: int = 0, activation: str = "silu",
+              polish_steps: int = 0) -> MLP:  # fmt: skip
+    """Fit an `MLP` to ``x (batch, n_in) -> y (batch, n_out)`` with full-batch Adam, seeded.
+
+    ``polish_steps`` full-batch L-BFGS steps (20 iterations each) follow Adam: on a smooth law they
+    take the relative error from about 1e-1 to 1e-3 at the worst point, which an exact formula
+    recovery through the teacher needs.
+    """
     torch.manual_seed(seed)
     mlp = MLP([x.shape[1], *hidden, y.shape[1]], activation)
     mlp.low, mlp.high = (torch.as_tensor(r, dtype=torch.float32) for r in schema.encoded_ranges())
@@ -70,12 +76,21 @@ def train_mlp(x: torch.Tensor, y: torch.Tensor, schema: FeatureSchema, hidden: S
     optimizer = torch.optim.Adam(mlp.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     target = (y - mlp.out_mean) / mlp.out_std
-    for _ in range(steps):
+
+    def loss() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = nn.functional.mse_loss((mlp(x) - mlp.out_mean) / mlp.out_std, target)
-        loss.backward()
+        value = nn.functional.mse_loss((mlp(x) - mlp.out_mean) / mlp.out_std, target)
+        value.backward()
+        return value
+
+    for _ in range(steps):
+        loss()
         optimizer.step()
         schedule.step()
+    if polish_steps:
+        optimizer = torch.optim.LBFGS(mlp.parameters(), max_iter=20, history_size=50, line_search_fn="strong_wolfe")
+        for _ in range(polish_steps):
+            optimizer.step(loss)
     return mlp.eval()
 
 

@@ -86,9 +86,29 @@ def test_the_report_renders_in_a_real_browser(demo):
     if browser is None:
         pytest.skip("chromium is not installed (.ci/run installs it from Debian)")
     index = demo[1] / "loan" / "report" / "index.html"
+    page = index.read_text()
+    assert "<script" not in page and "</body>" in page  # the report itself runs nothing
+    # The check runs in a copy beside the report (so that its relative image paths resolve), never in the report.
+    script = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const broken = images.filter((img) => !(img.complete && img.naturalWidth > 0)).map((img) => img.src);
+  const sections = Array.from(document.querySelectorAll("section[id]")).map((s) => s.id);
+  const out = document.createElement("pre");
+  out.id = "render-check";
+  out.textContent = JSON.stringify({images: images.length, broken: broken, sections: sections});
+  document.body.appendChild(out);
+});
+</script>"""
+    head, _, tail = page.rpartition("</body>")
+    copy = index.with_name("render-check.html")
+    copy.write_text(head + script + "</body>" + tail)
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-               "--virtual-time-budget=10000", "--dump-dom", index.as_uri()]  # fmt: skip
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+               "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()]  # fmt: skip
+    try:
+        dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    finally:
+        copy.unlink()
     check = json.loads(re.search(r'<pre id="render-check">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
     assert check["broken"] == [] and check["images"] == 6, check
     assert check["sections"] == ["summary", "student-decision", "provenance"]
