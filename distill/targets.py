@@ -3,15 +3,17 @@
 A cache is a folder::
 
     manifest.json        what made it (teacher fingerprint, inputs hash, schema, teacher description,
-                         library versions) and each shard with its row range and hash
+                         library versions), each shard with its row range and hash, and the hash of
+                         each merged Arrow file (``dataset_files``)
     shards/shard-00003/  one `datasets` Arrow folder per ``shard_size`` rows, plus shard.json
-    dataset/             all shards merged, memory-mapped on load
+    dataset/             all shards merged, memory-mapped on load once its bytes match the manifest
+    .lock-rank0, ...     each process's lock (`distill.lock`): a second run into the folder is refused
 
 Each process of an `accelerate` run (or a plain single process) computes the shards ``rank,
 rank + world, ...``. A shard is written under a temporary name and renamed once complete, so a
 killed run leaves whole shards or none; a rerun recomputes only the shards that are missing or
 whose hash does not match, and refuses a cache made by another teacher or other inputs, naming the
-field that differs.
+field that differs. A damaged merged dataset is rebuilt from intact shards, never read.
 """
 
 from __future__ import annotations
@@ -38,13 +40,17 @@ from accelerate import PartialState
 from scipy.stats import qmc
 from tqdm.auto import tqdm
 
+from distill.lock import file_lock, folder_lock, remove_dead_temporaries
 from students.persistence import atomic_write_bytes
 from teachers.base import Teacher, hash_files, hash_json, process_state
+from teachers.names import InvalidNameError, check_slug
 from teachers.schema import Batch, CategoricalFeature, FeatureSchema, SchemaError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+MERGE_LOCK = ".lock-merge"
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, pa.ArrowException)  # what reading a damaged dataset raises
 SAMPLERS = ("uniform", "grid", "lhs")
 KEY_FIELDS = ("teacher_fingerprint", "inputs_hash", "schema", "teacher", "outputs", "shard_size", "rows")
 
@@ -89,33 +95,68 @@ def sample_inputs(schema: FeatureSchema, n: int, method: str = "uniform", seed: 
 
 
 def read_inputs(source: str | Path | datasets.Dataset, schema: FeatureSchema) -> dict[str, list]:
-    """Inputs from a CSV file (a header naming the features) or a `datasets.Dataset`, checked by the schema."""
+    """Inputs from a CSV file (UTF-8, a header naming the features) or a `datasets.Dataset`, checked by the schema.
+
+    Every error names the file (or ``dataset``), and the column and line (or row) where it can.
+    """
     if isinstance(source, datasets.Dataset):
+        where = "dataset"
         missing = [n for n in schema.names if n not in source.column_names]
         if missing:
             raise SchemaError(f"dataset lacks features {missing}; it has columns {source.column_names}")
         batch = {n: list(source[n]) for n in schema.names}
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise CacheError(f"inputs file {path} does not exist")
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = [n for n in schema.names if n not in (reader.fieldnames or [])]
-            if missing:
-                raise SchemaError(f"{path}: the header lacks features {missing}; it has {reader.fieldnames}")
-            rows = list(reader)
-        batch = {}
-        for feature in schema.features:
-            column = [row[feature.name] for row in rows]
-            if not isinstance(feature, CategoricalFeature):
-                try:
-                    column = [float(v) for v in column]
-                except ValueError as err:
-                    raise SchemaError(f"{path}: column {feature.name!r}: {err}") from err
-                column = [int(v) if feature.integer and v == int(v) else v for v in column]
-            batch[feature.name] = column
-    schema.encode(batch)
+        where, batch = str(source), _read_csv(Path(source), schema)
+    for feature in schema.features:
+        if isinstance(feature, CategoricalFeature):
+            bad = next((i for i, v in enumerate(batch[feature.name]) if not isinstance(v, str)), None)
+            if bad is not None:
+                raise SchemaError(f"{where}: column {feature.name!r}: row {bad}: expected a string, "
+                                  f"got {type(batch[feature.name][bad]).__name__}")  # fmt: skip
+    try:
+        schema.encode(batch)
+    except SchemaError as err:
+        raise SchemaError(f"{where}: {err}") from None
+    return batch
+
+
+def _read_csv(path: Path, schema: FeatureSchema) -> dict[str, list]:
+    """The schema's columns of a CSV file: numbers parsed, every row as long as the header."""
+    if not path.is_file():
+        raise CacheError(f"inputs file {path} does not exist")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            rows = [(reader.line_num, row) for row in reader if row]
+    except UnicodeDecodeError as err:
+        raise CacheError(f"{path}: not UTF-8 text ({err})") from None
+    except csv.Error as err:
+        raise CacheError(f"{path}: line {reader.line_num}: {err}") from None
+    except OSError as err:
+        raise CacheError(f"{path}: unreadable: {err}") from None
+    missing = [n for n in schema.names if n not in header]
+    if missing:
+        raise SchemaError(f"{path}: the header lacks features {missing}; it has {header[:50]}")
+    twice = next((n for n in schema.names if header.count(n) > 1), None)
+    if twice is not None:
+        raise SchemaError(f"{path}: the header names column {twice!r} twice")
+    for line, row in rows:
+        if len(row) != len(header):
+            raise SchemaError(f"{path}: line {line}: expected {len(header)} fields ({', '.join(header)[:200]}), "
+                              f"got {len(row)}")  # fmt: skip
+    batch: dict[str, list] = {}
+    for feature in schema.features:
+        j = header.index(feature.name)
+        batch[feature.name] = [row[j] for _, row in rows]
+        if isinstance(feature, CategoricalFeature):
+            continue
+        for i, (line, row) in enumerate(rows):
+            try:
+                value = float(row[j])
+            except ValueError as err:
+                raise SchemaError(f"{path}: line {line}: column {feature.name!r}: {err}") from None
+            batch[feature.name][i] = int(value) if feature.integer and value.is_integer() else value
     return batch
 
 
@@ -160,15 +201,91 @@ def _read_json(path: Path) -> Any:
         raise CacheError(f"{path}: unreadable: {err}") from err
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_outputs(outputs: Any, features: list[str], where: str) -> list[str]:
+    """Output names: distinct strings, none the name of a feature (it would overwrite that input column)."""
+    if not (isinstance(outputs, list) and outputs and all(isinstance(o, str) and o for o in outputs)):
+        raise CacheError(f"{where}: expected a list of output names, got {str(outputs)[:80]!r}")
+    for i, name in enumerate(outputs):
+        if name in features:
+            raise CacheError(f"{where}: output {name!r} has the name of a feature; rename one of them")
+        if name in outputs[:i]:
+            raise CacheError(f"{where}: output {name!r} is named twice")
+    return outputs
+
+
+def _spans(rows: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_size, rows)) for start in range(0, rows, shard_size)]
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path``, checked field by field: a `CacheError` names the first bad field and its value."""
+    manifest = _read_json(path)
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+
+    def check(field: str, ok: bool, expected: str) -> None:
+        if field not in manifest:
+            raise CacheError(f"{path}: {field!r}: missing; rerun the targets stage into a new folder")
+        if not ok:
+            raise CacheError(f"{path}: {field!r}: expected {expected}, got {str(manifest[field])[:80]!r}")
+
+    get = manifest.get
+    for field in ("teacher_fingerprint", "inputs_hash"):
+        check(field, isinstance(get(field), str), "a hash (a string)")
+    check("teacher", isinstance(get("teacher"), dict), "an object")
+    check("schema", True, "")
+    try:
+        features = FeatureSchema.from_dict(manifest["schema"]).names
+    except SchemaError as err:
+        raise CacheError(f"{path}: 'schema': {err}") from None
+    check("outputs", True, "")
+    _check_outputs(manifest["outputs"], features, f"{path}: 'outputs'")
+    for field in ("shard_size", "rows"):
+        check(field, _positive_int(get(field)), "a positive integer")
+    check("complete", isinstance(get("complete"), bool), "true or false")
+    check("shards", isinstance(get("shards"), list), "a list")
+    if not manifest["complete"]:
+        return manifest
+    spans = _spans(manifest["rows"], manifest["shard_size"])
+    check("shards", len(manifest["shards"]) == len(spans), f"{len(spans)} shards")
+    for i, (record, span) in enumerate(zip(manifest["shards"], spans, strict=True)):
+        where = f"{path}: 'shards'[{i}]"
+        if not isinstance(record, dict):
+            raise CacheError(f"{where}: expected an object, got {str(record)[:80]!r}")
+        for name, ok, expected in (("index", record.get("index") == i, str(i)),
+                                   ("rows", record.get("rows") == list(span), str(list(span))),
+                                   ("hash", isinstance(record.get("hash"), str), "a hash (a string)")):  # fmt: skip
+            if not ok:
+                raise CacheError(f"{where}.{name}: expected {expected}, got {str(record.get(name))[:80]!r}")
+    files = get("dataset_files")
+    if files is not None and not (isinstance(files, dict) and files and
+                                  all(_arrow_name(n) and isinstance(h, str) for n, h in files.items())):  # fmt: skip
+        raise CacheError(f"{path}: 'dataset_files': expected {{Arrow file name: hash}}, got {str(files)[:80]!r}")
+    return manifest
+
+
+def _arrow_name(name: str) -> bool:
+    """Whether ``name`` (read from a manifest) is a plain ``*.arrow`` file name, safe to join to a folder."""
+    try:
+        check_slug(name, "file name")
+    except InvalidNameError:
+        return False
+    return name.endswith(".arrow")
+
+
 def _check_key(folder: Path, key: Mapping[str, Any]) -> None:
     """Refuse a cache made by another teacher, other inputs or another configuration."""
     path = folder / MANIFEST
     if not path.exists():
         return
-    existing = _read_json(path)
+    existing = _read_manifest(path)
     for field in KEY_FIELDS:
-        if existing.get(field) != key[field]:
-            raise CacheError(f"{path} was made with a different {field} (cache: {str(existing.get(field))[:200]}, "
+        if existing[field] != key[field]:
+            raise CacheError(f"{path} was made with a different {field} (cache: {str(existing[field])[:200]}, "
                              f"now: {str(key[field])[:200]}); use another folder or delete this cache")  # fmt: skip
 
 
@@ -176,17 +293,26 @@ def _shard_hash(folder: Path) -> str:
     return hash_files(sorted(folder.glob("*.arrow")))
 
 
-def _valid_shard(folder: Path, rows: tuple[int, int], key_hash: str) -> bool:
-    """A shard folder whose record matches this run and whose Arrow files match their recorded hash."""
-    record_path = folder / "shard.json"
-    if not record_path.is_file():
-        return False
+def _load(folder: Path) -> datasets.Dataset:
+    """A saved dataset, memory-mapped; raises one of `LOAD_ERRORS` if it is unreadable."""
+    with quiet_datasets():
+        return datasets.load_from_disk(str(folder), keep_in_memory=False)
+
+
+def _open_shard(
+    folder: Path, rows: tuple[int, int], key_hash: str, recorded: str | None = None
+) -> tuple[datasets.Dataset, str] | None:
+    """``(shard, its hash)`` if its record matches this run and its Arrow files match their recorded hash (and
+    ``recorded``, the manifest's record of it, if given); None if it is missing, damaged or another run's."""
     try:
-        record = json.loads(record_path.read_text())
-        return (record.get("key") == key_hash and tuple(record.get("rows", ())) == rows
-                and record.get("hash") == _shard_hash(folder))  # fmt: skip
-    except (OSError, json.JSONDecodeError):
-        return False
+        record = json.loads((folder / "shard.json").read_text())
+        if not (isinstance(record, dict) and record.get("key") == key_hash and record.get("rows") == list(rows)
+                and record.get("hash") == _shard_hash(folder) and recorded in (None, record["hash"])):  # fmt: skip
+            return None
+        shard = _load(folder)
+    except LOAD_ERRORS:
+        return None
+    return (shard, record["hash"]) if len(shard) == rows[1] - rows[0] else None
 
 
 def _answer(teacher: Teacher, batch: dict[str, list], start: int) -> dict[str, np.ndarray]:
@@ -224,12 +350,15 @@ def generate_targets(
     """Run ``teacher`` over ``inputs`` into the cache ``folder``, resuming whatever is already done.
 
     Under ``accelerate launch`` (or torchrun) every process computes its share of shards; the main
-    process merges them. Returns the merged cache on every process.
+    process merges them. Returns the merged cache on every process. Each process holds its rank's
+    lock on the folder throughout (`distill.lock.folder_lock`), so a second run into the same
+    folder is refused with `FolderBusyError` before it writes anything.
     """
     state = state or process_state()
     folder = Path(folder)
     if shard_size < 1:
         raise CacheError(f"shard_size: expected a positive integer, got {shard_size}")
+    _check_outputs(list(teacher.outputs), teacher.schema.names, "the teacher's outputs")
     inputs_hash = hash_inputs(teacher.schema, inputs)
     inputs = {name: list(inputs[name]) for name in teacher.schema.names}
     rows = len(inputs[teacher.schema.names[0]])
@@ -240,58 +369,138 @@ def generate_targets(
         "inputs_hash": inputs_hash,
         "schema": teacher.schema.to_dict(),
         "teacher": teacher.describe(),
-        "outputs": teacher.outputs,
+        "outputs": list(teacher.outputs),
         "shard_size": shard_size,
         "rows": rows,
     }
     key_hash = hash_json(key)
-    _check_key(folder, key)
-    state.wait_for_everyone()
-    if state.is_main_process and not (folder / MANIFEST).exists():
-        _write_json(folder / MANIFEST, {**key, "libraries": library_versions(), "shards": [], "complete": False})
-    state.wait_for_everyone()
+    with folder_lock(folder, "targets", rank=state.process_index):
+        state.wait_for_everyone()  # every process of this run holds its lock before any of them writes
+        _check_key(folder, key)
+        if state.is_main_process:
+            for place in (folder, folder / "shards"):
+                remove_dead_temporaries(place)
+            if not (folder / MANIFEST).exists():
+                _write_json(folder / MANIFEST, {**key, "libraries": library_versions(), "shards": [],
+                                                "complete": False})  # fmt: skip
+        state.wait_for_everyone()
 
-    spans = [(start, min(start + shard_size, rows)) for start in range(0, rows, shard_size)]
-    mine = list(range(state.process_index, len(spans), state.num_processes))
-    shard_dir = folder / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    done = 0
-    for index in tqdm(mine, desc="soft targets (shards)", disable=not state.is_local_main_process or None):
-        path, span = shard_dir / f"shard-{index:05d}", spans[index]
-        if _valid_shard(path, span, key_hash):
-            continue
-        batch = {name: column[span[0] : span[1]] for name, column in inputs.items()}
-        columns = {**batch, **_answer(teacher, batch, span[0])}
-        _write_shard(path, columns, span, key_hash, state.process_index)
-        done += 1
-    logger.info("process %d: computed %d of its %d shards", state.process_index, done, len(mine))
-    state.wait_for_everyone()
-    if state.is_main_process:
-        _merge(folder, key, spans, key_hash)
-    state.wait_for_everyone()
-    return SoftTargetCache.load(folder)
+        spans = _spans(rows, shard_size)
+        mine = list(range(state.process_index, len(spans), state.num_processes))
+        shard_dir = folder / "shards"
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        done = 0
+        for index in tqdm(mine, desc="soft targets (shards)", disable=not state.is_local_main_process or None):
+            path, span = shard_dir / f"shard-{index:05d}", spans[index]
+            if _open_shard(path, span, key_hash) is not None:
+                continue
+            batch = {name: column[span[0] : span[1]] for name, column in inputs.items()}
+            columns = {**batch, **_answer(teacher, batch, span[0])}
+            _write_shard(path, columns, span, key_hash, state.process_index)
+            done += 1
+        logger.info("process %d: computed %d of its %d shards", state.process_index, done, len(mine))
+        state.wait_for_everyone()
+        if state.is_main_process:
+            _merge(folder, key, spans, key_hash)
+        state.wait_for_everyone()
+        return SoftTargetCache.load(folder)
 
 
 def _merge(folder: Path, key: Mapping[str, Any], spans: list[tuple[int, int]], key_hash: str) -> None:
-    """Check every shard, concatenate them into ``dataset/`` and complete the manifest."""
+    """Check every shard, concatenate them into ``dataset/`` (unless it is already there, intact) and complete the
+    manifest."""
     records = []
     parts = []
     for index, span in enumerate(spans):
         path = folder / "shards" / f"shard-{index:05d}"
-        if not _valid_shard(path, span, key_hash):
+        opened = _open_shard(path, span, key_hash)
+        if opened is None:
             raise CacheError(f"{path}: missing or corrupt after every process finished; rerun to recompute it")
-        records.append({"index": index, "rows": list(span), "hash": _read_json(path / "shard.json")["hash"]})
-        parts.append(datasets.load_from_disk(str(path)))
-    manifest = _read_json(folder / MANIFEST)
-    if manifest.get("complete") and manifest.get("shards") == records and (folder / "dataset").is_dir():
-        return
-    tmp = folder / f".dataset.tmp-{os.getpid()}"
+        parts.append(opened[0])
+        records.append({"index": index, "rows": list(span), "hash": opened[1]})
+    with file_lock(folder / MERGE_LOCK, "targets", wait=True):
+        manifest = _read_manifest(folder / MANIFEST)
+        if manifest["complete"] and manifest["shards"] == records:
+            dataset, problem = _open_merged(folder, manifest)
+            if dataset is not None:
+                return
+            logger.warning("%s; rebuilding the merged dataset from the shards", problem)
+        files = _write_merged(folder, parts)
+        _write_json(folder / MANIFEST, {**key, "libraries": library_versions(), "shards": records, "complete": True,
+                                        "dataset_files": files})  # fmt: skip
+
+
+def _write_merged(folder: Path, parts: list[datasets.Dataset]) -> dict[str, str]:
+    """Concatenate ``parts`` into ``dataset/`` (written aside, then swapped in); returns each Arrow file's hash."""
+    tmp, old = folder / f".dataset.tmp-{os.getpid()}", folder / f".dataset.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     with quiet_datasets():
         datasets.concatenate_datasets(parts).save_to_disk(str(tmp))
-    shutil.rmtree(folder / "dataset", ignore_errors=True)
+    files = {path.name: hash_files([path]) for path in sorted(tmp.glob("*.arrow"))}
+    if (folder / "dataset").exists() or (folder / "dataset").is_symlink():
+        os.replace(folder / "dataset", old)
     os.replace(tmp, folder / "dataset")
-    _write_json(folder / MANIFEST, {**key, "libraries": library_versions(), "shards": records, "complete": True})
+    shutil.rmtree(old, ignore_errors=True)
+    return files
+
+
+def _open_merged(folder: Path, manifest: Mapping[str, Any]) -> tuple[datasets.Dataset | None, str]:
+    """``(the merged dataset, "")`` if its Arrow files match the manifest's hashes, else ``(None, what is wrong)``.
+
+    Every Arrow byte is hashed (streamed, never all in memory) on every call. Caches here are MBs,
+    so that costs little; a multi-GB cache would want the result kept, keyed by size and mtime.
+    """
+    target = folder / "dataset"
+    recorded = manifest.get("dataset_files")
+    if recorded is None:
+        return None, f"{target}: no hashes of its Arrow files in {MANIFEST} (an older version made it)"
+    found = {p.name for p in target.glob("*.arrow")} if target.is_dir() else set()
+    for name in sorted(set(recorded) | found):
+        path = target / name  # a name on disk, or one of the manifest's, checked as a plain file name
+        if name not in found:
+            return None, f"{path} is missing"
+        if name not in recorded:
+            return None, f"{path} is not one of the Arrow files {MANIFEST} records"
+        try:
+            if hash_files([path]) != recorded[name]:
+                return None, f"{path} does not match its hash in {MANIFEST} (damaged)"
+        except OSError as err:
+            return None, f"{path} is unreadable ({err})"
+    try:
+        dataset = _load(target)
+    except LOAD_ERRORS as err:
+        return None, f"{target} is unreadable ({type(err).__name__}: {str(err)[:200]})"
+    columns = [*FeatureSchema.from_dict(manifest["schema"]).names, *manifest["outputs"]]
+    files = sorted(Path(f["filename"]).name for f in dataset.cache_files)
+    if files != sorted(recorded) or len(dataset) != manifest["rows"] or dataset.column_names != columns:
+        return None, (f"{target / 'state.json'} does not describe the {MANIFEST}'s Arrow files, {manifest['rows']} "
+                      f"rows and columns {columns}")  # fmt: skip
+    return dataset, ""
+
+
+def _rebuild(folder: Path) -> dict[str, Any]:
+    """Rebuild ``dataset/`` from the shards the manifest records, each checked against its hash; returns the
+    manifest. A damaged shard is a `CacheError` naming it: only a rerun of the targets stage can recompute it."""
+    path = folder / MANIFEST
+    with file_lock(folder / MERGE_LOCK, "targets", wait=True):
+        manifest = _read_manifest(path)
+        dataset, problem = _open_merged(folder, manifest)  # another process may have rebuilt it meanwhile
+        if dataset is not None:
+            return manifest
+        logger.warning("%s; rebuilding the merged dataset from the shards", problem)
+        key_hash = hash_json({field: manifest[field] for field in KEY_FIELDS})
+        parts = []
+        for record in manifest["shards"]:
+            shard = folder / "shards" / f"shard-{record['index']:05d}"
+            opened = _open_shard(shard, tuple(record["rows"]), key_hash, record["hash"])
+            if opened is None:
+                raise CacheError(f"{shard}: missing or damaged (it does not match its hash in {path}), and so is the "
+                                 f"merged dataset ({problem}); rerun the targets stage to recompute it")  # fmt: skip
+            parts.append(opened[0])
+        manifest = {**manifest, "dataset_files": _write_merged(folder, parts)}
+        _write_json(path, manifest)
+    return manifest
 
 
 @dataclass
@@ -304,19 +513,28 @@ class SoftTargetCache:
 
     @classmethod
     def load(cls, folder: str | Path) -> SoftTargetCache:
+        """Open a finished cache, memory-mapped, after checking every Arrow byte against the manifest's hashes.
+
+        A damaged, missing or unreadable merged dataset is rebuilt from the shards (each checked
+        against its own hash), with a warning naming the file; if a shard is damaged too, a
+        `CacheError` names it. Hashing on every load is sound and cheap at this library's sizes (MBs).
+        """
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.is_file():
             raise CacheError(f"{folder} is not a soft-target cache: no {MANIFEST}")
-        manifest = _read_json(path)
-        if not manifest.get("complete"):
+        manifest = _read_manifest(path)
+        if not manifest["complete"]:
             raise CacheError(f"{path}: the cache is incomplete; rerun the targets stage to finish it")
-        try:
-            dataset = datasets.load_from_disk(str(folder / "dataset"))
-        except (FileNotFoundError, ValueError) as err:
-            raise CacheError(f"{folder / 'dataset'}: unreadable: {err}") from err
-        if len(dataset) != manifest["rows"]:
-            raise CacheError(f"{folder / 'dataset'} has {len(dataset)} rows; the manifest says {manifest['rows']}")
+        dataset, problem = _open_merged(folder, manifest)
+        if dataset is None:
+            try:
+                manifest = _rebuild(folder)
+            except OSError as err:
+                raise CacheError(f"{problem}; rebuilding it from the shards failed: {err}") from err
+            dataset, problem = _open_merged(folder, manifest)
+            if dataset is None:
+                raise CacheError(f"{problem}, even after rebuilding it from the shards")
         return cls(folder, manifest, dataset)
 
     @property

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from distill.formula import FormulaError
+from distill.lock import FolderBusyError
 from distill.targets import CacheError
 from distill.train import StudentSpec, TrainConfig, TrainError, distill
 from pipelines.config import ConfigError, load_config
@@ -25,7 +26,7 @@ from teachers.schema import SchemaError
 
 EXIT_BAD_INPUT = 2
 BAD_INPUT = (ConfigError, CacheError, TrainError, TeacherError, SchemaError, FormulaError, InvalidNameError,
-             RunFolderError, FileNotFoundError, NotADirectoryError)  # fmt: skip
+             RunFolderError, FolderBusyError, FileNotFoundError, NotADirectoryError)  # fmt: skip
 
 
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:

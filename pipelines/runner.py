@@ -34,6 +34,7 @@ from distill.discover import DiscoverConfig, discover_formula
 from distill.feynman import DEFAULT_CSV, feynman_teacher
 from distill.fidelity import label_fidelity, scalar_fidelity
 from distill.formula import to_tree
+from distill.lock import folder_lock
 from distill.targets import MANIFEST, CacheError, SoftTargetCache, generate_targets, read_inputs, sample_inputs
 from distill.train import StudentSpec, TrainConfig, distill, split_rows, target_matrix
 from pipelines.config import RunConfig
@@ -173,6 +174,7 @@ def build_embedded(config: RunConfig, folder: RunFolder) -> None:
             written = []
         _clear(folder.teacher, ("stamp.json", *(n for n in written if isinstance(n, str) and n.isprintable()
                                                 and "/" not in n and n not in (".", ".."))))  # fmt: skip
+    logger.info("teacher: building the embedded %s teacher into %s (once)", spec.kind, folder.teacher)
     if spec.kind == "embedded_llama":
         build_loan_llama(folder.teacher, LoanRule(**spec.rule.model_dump()), steps=spec.train_steps)
     else:
@@ -328,23 +330,26 @@ def run(config: RunConfig, root: str | Path, stages: tuple[str, ...] = STAGES, p
     from pipelines.report import stage_audit
 
     folder = RunFolder(Path(root))
+    state = process_state()
     check_run_folder(folder.root)  # on every process, before any writes: all of them stop on a bad folder
-    process_state().wait_for_everyone()
-    main_process_first(lambda: _mark_run_folder(folder.root))
-    resolved = yaml.safe_dump(config.model_dump(), sort_keys=False).encode()
-    main_process_first(lambda: atomic_write_bytes(folder.root / "config.yaml", resolved))
-    cache = None
-    if "targets" in stages:
-        cache = stage_targets(config, folder)
-    needs_cache = any(s in stages for s in ("train", "extract", "audit"))
-    if needs_cache and cache is None:
-        cache = SoftTargetCache.load(folder.targets)
-    if "train" in stages:
-        stage_train(config, folder, cache, progress)
-    if "extract" in stages:
-        main_process_first(lambda: stage_extract(config, folder, cache))
-    if "audit" in stages:
-        main_process_first(lambda: stage_audit(config, folder, cache))
+    state.wait_for_everyone()
+    folder.root.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder.root, "run", rank=state.process_index):  # a second run of this folder is refused
+        main_process_first(lambda: _mark_run_folder(folder.root))
+        resolved = yaml.safe_dump(config.model_dump(), sort_keys=False).encode()
+        main_process_first(lambda: atomic_write_bytes(folder.root / "config.yaml", resolved))
+        cache = None
+        if "targets" in stages:
+            cache = stage_targets(config, folder)
+        needs_cache = any(s in stages for s in ("train", "extract", "audit"))
+        if needs_cache and cache is None:
+            cache = SoftTargetCache.load(folder.targets)
+        if "train" in stages:
+            stage_train(config, folder, cache, progress)
+        if "extract" in stages:
+            main_process_first(lambda: stage_extract(config, folder, cache))
+        if "audit" in stages:
+            main_process_first(lambda: stage_audit(config, folder, cache))
     return folder
 
 

@@ -148,3 +148,15 @@ def test_trust_remote_code_is_announced_with_the_files_that_will_run(loan_llama,
     with caplog.at_level(logging.WARNING, logger="pipelines"):
         build_teacher(config, RunFolder(tmp_path / "run"))
     assert "trust_remote_code is on" in caplog.text and "modeling_custom.py" in caplog.text
+
+
+def test_a_second_run_of_one_folder_is_refused_while_the_first_holds_it(tmp_path, capsys):
+    from distill.lock import folder_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / RUN_MARKER).write_text("{}")
+    with folder_lock(out, "run"):  # the first run, still going
+        assert main(["run", str(write(tmp_path, SMALL)), "--out", str(out)]) == 2
+    assert "the run folder is in use by process" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".lock-rank0", RUN_MARKER]

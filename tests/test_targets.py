@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from distill.lock import FolderBusyError, folder_lock, remove_dead_temporaries
 from distill.targets import CacheError, SoftTargetCache, generate_targets, read_inputs, sample_inputs
 from teachers.causal_lm import CausalLMTeacher
 from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
@@ -164,3 +165,213 @@ def test_the_embedded_llama_through_the_stage(loan_llama, tmp_path):
     assert manifest["teacher"]["template"] == LOAN_TEMPLATE and manifest["teacher"]["labels"] == LOAN_LABELS
     shutil.rmtree(tmp_path / "cache" / "dataset")  # a lost merge is rebuilt from the shards
     assert columns(generate_targets(llama, inputs, tmp_path / "cache", shard_size=100)) == columns(cache)
+
+
+# --- data integrity (issue 15): the merged cache is verified, writers are locked out, names are data ---
+
+
+@pytest.fixture(scope="module")
+def made_cache(tmp_path_factory, one_thread) -> tuple[Path, dict[str, list]]:
+    """One finished cache (8 shards) and its columns; each test damages a copy of it."""
+    folder = tmp_path_factory.mktemp("made") / "cache"
+    cache = generate_targets(teacher(), sample_inputs(SCHEMA, ROWS, "lhs", seed=1), folder, shard_size=SHARD_SIZE)
+    return folder, columns(cache)
+
+
+@pytest.fixture
+def cache_copy(made_cache, tmp_path) -> Path:
+    folder = tmp_path / "cache"
+    shutil.copytree(made_cache[0], folder)
+    return folder
+
+
+def merged_arrow(folder: Path) -> Path:
+    (arrow,) = (folder / "dataset").glob("*.arrow")
+    return arrow
+
+
+def flip_bytes(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 4] = bytes(b ^ 0xFF for b in data[offset : offset + 4])
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "flip": lambda path: flip_bytes(path, path.stat().st_size - 2000),  # inside the last column's numbers
+    "truncate": lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+    "delete": lambda path: path.unlink(),
+}
+
+
+@pytest.mark.parametrize("via", ["load", "generate"])
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_merged_dataset_is_rebuilt_from_the_shards(made_cache, cache_copy, damage, via, caplog):
+    arrow = merged_arrow(cache_copy)
+    stamps = {p: p.stat().st_mtime_ns for p in cache_copy.glob("shards/*/shard.json")}
+    DAMAGE[damage](arrow)
+    with caplog.at_level("WARNING", logger="distill.targets"):
+        if via == "load":
+            cache = SoftTargetCache.load(cache_copy)
+        else:
+            inputs = sample_inputs(SCHEMA, ROWS, "lhs", seed=1)
+            cache = generate_targets(teacher(), inputs, cache_copy, shard_size=SHARD_SIZE)
+    assert columns(cache) == made_cache[1]
+    assert arrow.name in caplog.text and "rebuil" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "the intact shards were reused"
+    caplog.clear()
+    assert columns(SoftTargetCache.load(cache_copy)) == made_cache[1] and not caplog.text, "rebuilt once, for good"
+
+
+def test_a_damaged_shard_under_a_damaged_merge_is_named_or_recomputed(made_cache, cache_copy):
+    shard = cache_copy / "shards" / "shard-00003"
+    arrow = next(shard.glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:-100])
+    DAMAGE["flip"](merged_arrow(cache_copy))
+    with pytest.raises(CacheError, match=r"shards/shard-00003"):
+        SoftTargetCache.load(cache_copy)
+    inputs = sample_inputs(SCHEMA, ROWS, "lhs", seed=1)
+    assert columns(generate_targets(teacher(), inputs, cache_copy, shard_size=SHARD_SIZE)) == made_cache[1]
+    assert columns(SoftTargetCache.load(cache_copy)) == made_cache[1]
+
+
+def test_a_damaged_merge_state_is_rebuilt(made_cache, cache_copy):
+    (cache_copy / "dataset" / "state.json").write_text('{"_data_files": [{"filename": "data-00000-of-00001.arrow"}], '
+                                                        '"_format_columns": ["x"]')  # fmt: skip
+    assert columns(SoftTargetCache.load(cache_copy)) == made_cache[1]
+
+
+def edit_manifest(folder: Path, edit) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(manifest)))
+
+
+def first_shard(manifest: dict, **changes) -> dict:
+    return {**manifest, "shards": [{**manifest["shards"][0], **changes}, *manifest["shards"][1:]]}
+
+
+MALFORMED = {
+    "not an object": (lambda m: [m], r"manifest.json: expected a JSON object"),
+    "no outputs": (lambda m: {k: v for k, v in m.items() if k != "outputs"}, r"manifest.json: 'outputs'"),
+    "rows a string": (lambda m: {**m, "rows": "1000"}, r"'rows': expected a positive integer"),
+    "shard_size a bool": (lambda m: {**m, "shard_size": True}, r"'shard_size': expected a positive integer"),
+    "complete a string": (lambda m: {**m, "complete": "yes"}, r"'complete': expected true or false"),
+    "bad schema": (lambda m: {**m, "schema": [{"name": "../x", "low": 0, "high": 1}]}, r"'schema'.*not a plain name"),
+    "output clashes": (lambda m: {**m, "outputs": ["x", "z"]}, r"'outputs'.*'x'.*feature"),
+    "shard index a path": (lambda m: first_shard(m, index="../../x"), r"'shards'\[0\]\.index"),
+    "shard rows wrong": (lambda m: first_shard(m, rows=[0, 5]), r"'shards'\[0\]\.rows: expected \[0, 128\]"),
+    "a shard missing": (lambda m: {**m, "shards": m["shards"][1:]}, r"'shards': expected 8 shards"),
+    "dataset file a path": (lambda m: {**m, "dataset_files": {"../../x.arrow": "0" * 64}}, r"'dataset_files'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_manifest_is_named(cache_copy, case):
+    edit, message = MALFORMED[case]
+    edit_manifest(cache_copy, edit)
+    with pytest.raises(CacheError, match=message):
+        SoftTargetCache.load(cache_copy)
+
+
+def test_a_malformed_manifest_stops_a_rerun(cache_copy):
+    edit_manifest(cache_copy, lambda m: [m])
+    inputs = sample_inputs(SCHEMA, ROWS, "lhs", seed=1)
+    with pytest.raises(CacheError, match=r"manifest.json: expected a JSON object"):
+        generate_targets(teacher(), inputs, cache_copy, shard_size=SHARD_SIZE)
+
+
+def test_an_output_named_like_a_feature_is_refused(tmp_path, one_thread):
+    torch.manual_seed(0)
+    clash = MLPTeacher(MLP([3, 4, 2]), SCHEMA, ["y", "x"])
+    with pytest.raises(CacheError, match=r"output 'x'.*feature"):
+        generate_targets(clash, sample_inputs(SCHEMA, 10, "uniform"), tmp_path / "cache", shard_size=5)
+
+
+HOLD_LOCK = """
+import sys
+from distill.lock import folder_lock
+with folder_lock(sys.argv[1], "targets"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_folder_and_holder(tmp_path, one_thread):
+    folder = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        inputs = sample_inputs(SCHEMA, 50, "uniform")
+        with pytest.raises(FolderBusyError, match=rf"{folder}: the targets folder is in use by process {holder.pid}"):
+            generate_targets(teacher(), inputs, folder, shard_size=10)
+        assert not (folder / "shards").exists(), "the refused run wrote nothing"
+    finally:
+        holder.communicate("", timeout=60)
+    assert len(generate_targets(teacher(), inputs, folder, shard_size=10)) == 50, "the lock went with its holder"
+
+
+def test_folder_locks_nest_across_folders_and_ranks_but_not_twice(tmp_path):
+    with folder_lock(tmp_path / "run"), folder_lock(tmp_path / "run" / "targets", "targets"):
+        with folder_lock(tmp_path / "run" / "targets", "targets", rank=1):  # another process of the same run
+            pass
+        with pytest.raises(FolderBusyError, match=rf"{tmp_path / 'run'}: the run folder .*{os.getpid()} \(this"):
+            with folder_lock(tmp_path / "run"):
+                pass
+    with folder_lock(tmp_path / "run"):  # released on exit
+        pass
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_leftover_temporaries_of_dead_writers_are_removed(tmp_path, one_thread):
+    folder, dead = tmp_path / "cache", dead_pid()
+    alive = subprocess.Popen(["sleep", "300"])
+    try:
+        (folder / "shards").mkdir(parents=True)
+        leftovers = [folder / "shards" / f".shard-00001.tmp-{dead}", folder / f".dataset.tmp-{dead}",
+                     folder / f".dataset.old-{dead}"]  # fmt: skip
+        kept = [folder / "shards" / f".shard-00002.tmp-{alive.pid}", folder / f".notes.tmp-{dead}x"]
+        for path in leftovers + kept:
+            path.mkdir()
+            (path / "data.arrow").write_bytes(b"partial")
+        generate_targets(teacher(), sample_inputs(SCHEMA, 50, "uniform"), folder, shard_size=10)
+        assert [p for p in leftovers if p.exists()] == [] and all(p.exists() for p in kept)
+        (tmp_path / f".model.tmp-{dead}").write_bytes(b"a file")
+        assert remove_dead_temporaries(tmp_path) == [tmp_path / f".model.tmp-{dead}"]
+        assert remove_dead_temporaries(folder / "shards") == []
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"x,n,c\n0.5\n", r"inputs.csv: line 2: expected 3 fields \(x, n, c\), got 1"),
+        (b"x,n,c,n\n0.5,3,a,4\n", r"inputs.csv: the header names column 'n' twice"),
+        (b"x,n,c\n0.5,3,a\n5.0,3,a\n", r"inputs.csv: feature 'x': value 5.0 is outside"),
+        (b"x,n,c\n0.5,three,a\n", r"inputs.csv: line 2: column 'n': could not convert"),
+        (b"x,n,c\n0.5,inf,a\n", r"inputs.csv: feature 'n': value inf is outside"),
+        (b"x,n,c\n\xff\xfe0.5,3,a\n", r"inputs.csv: not UTF-8 text"),
+        (b"x,n,c\n" + b"1" * 200_000 + b",3,a\n", r"inputs.csv: line 2: field larger than"),
+    ],
+)
+def test_bad_csv_inputs_name_the_file_and_column(tmp_path, text, message):
+    path = tmp_path / "inputs.csv"
+    path.write_bytes(text)
+    with pytest.raises((SchemaError, CacheError), match=message):
+        read_inputs(path, SCHEMA)
+
+
+def test_bad_dataset_inputs_name_the_column():
+    bad = datasets.Dataset.from_dict({"x": [0.5], "n": [3], "c": [["a"]]})
+    with pytest.raises(SchemaError, match=r"dataset: column 'c': row 0: expected a string, got list"):
+        read_inputs(bad, SCHEMA)
+    with pytest.raises(SchemaError, match=r"dataset: feature 'x': value 5.0 is outside"):
+        read_inputs(datasets.Dataset.from_dict({"x": [5.0], "n": [3], "c": ["a"]}), SCHEMA)
