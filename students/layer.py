@@ -100,11 +100,12 @@ class KANLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(E, batch, in)`` -> ``(E, batch, out)``."""
-        e, b, _ = x.shape
+        e = x.shape[0]
         mask = self._numeric_mask()
         w_spline = (self.scale_spline * mask).unsqueeze(2) * self.coef
         y = torch.baddbmm(self.bias.unsqueeze(1), nn.functional.silu(x), self.scale_base * mask)
-        y = torch.baddbmm(y, self.basis(x).reshape(e, b, -1), w_spline.reshape(e, -1, self.out_dim))
+        # flatten, not reshape(e, batch, -1), which is ambiguous for an empty batch
+        y = torch.baddbmm(y, self.basis(x).flatten(2), w_spline.reshape(e, -1, self.out_dim))
         if self.has_symbolic:
             y = y + self.symbolic_outputs(x).sum(2)
         return y

@@ -95,12 +95,9 @@ def build_loan_llama(
     steps: int = 800,
     batch_size: int = 128,
     seed: int = 0,
-    seconds: float = 120.0,
 ) -> Path:
-    """Train the embedded loan Llama on ``rule`` and save it (model + tokenizer) into ``folder``.
-
-    Stops after ``steps`` steps or ``seconds`` of training, whichever comes first.
-    """
+    """Train the embedded loan Llama on ``rule`` for ``steps`` steps and save it (model + tokenizer) into
+    ``folder``. A step count, never a time budget: the same seed gives the same teacher on any machine."""
     rule = rule or LoanRule()
     torch.manual_seed(seed)
     generator = np.random.default_rng(seed)
@@ -128,9 +125,6 @@ def build_loan_llama(
         schedule.step()
         if step % 50 == 0:
             progress.set_postfix(loss=f"{loss.item():.4f}")
-        if time.perf_counter() - start > seconds:
-            logger.warning("embedded Llama: stopped at step %d of %d after %.0f s", step + 1, steps, seconds)
-            break
     logger.info("embedded Llama trained in %.1f s (final loss %.4f)", time.perf_counter() - start, loss.item())
     folder = Path(folder)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

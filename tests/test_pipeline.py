@@ -1,7 +1,5 @@
 """The pipeline end to end: the demo's report, a real browser, the audit's verdicts, resume, bad configs."""
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -37,16 +35,6 @@ SMALL = {
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """`kandistill demo --quick`, once: its printed summary and its folder."""
-    out = tmp_path_factory.mktemp("demo")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(["demo", "--quick", "--out", str(out)]) == 0
-    return printed.getvalue(), out
 
 
 class Images(HTMLParser):
@@ -136,7 +124,7 @@ def test_without_a_planted_effect_the_audit_does_not_flag(tmp_path):
     config = quick_config(load_config(CONFIGS / "demo_loan.yaml"))
     rule = config.teacher.rule.model_copy(update={"protected_effect": 0})
     teacher = config.teacher.model_copy(update={"rule": rule})
-    extract = config.extract.model_copy(update={"rows": 200, "seconds": 5})
+    extract = config.extract.model_copy(update={"rows": 200})
     config = config.model_copy(update={"teacher": teacher, "extract": extract})
     folder = run(config, tmp_path / "fair", progress=False)
     audit = json.loads((folder.report / "audit.json").read_text())
