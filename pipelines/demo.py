@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sympy
 import torch
 
 from distill.feynman import feynman_equation, is_recovered
@@ -73,7 +74,7 @@ def _run_demo(out: Path, quick: bool, progress: bool) -> DemoResult:
             result.recovered = is_recovered(surrogate.formula(), equation.expression(), list(equation.variables),
                                             x.double().numpy())  # fmt: skip
             verdict = "recovered exactly" if result.recovered else "NOT recovered exactly"
-            result.findings.append(f"{equation.name}: the formula {surrogate.formula()} is {verdict} "
+            result.findings.append(f"{equation.name}: the formula {sympy.N(surrogate.formula(), 4)} is {verdict} "
                                    f"(the truth is {equation.expression()}; checked with sympy)")  # fmt: skip
     result.seconds = time.perf_counter() - start
     return result
