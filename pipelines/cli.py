@@ -20,13 +20,14 @@ from pipelines.config import ConfigError, load_config
 from pipelines.demo import run_demo
 from pipelines.runner import STAGES, RunFolderError, run
 from pipelines.surrogate import Surrogate
+from students.persistence import StudentFileError
 from teachers.base import TeacherError
 from teachers.names import InvalidNameError
 from teachers.schema import SchemaError
 
 EXIT_BAD_INPUT = 2
 BAD_INPUT = (ConfigError, CacheError, TrainError, TeacherError, SchemaError, FormulaError, InvalidNameError,
-             RunFolderError, FolderBusyError, FileNotFoundError, NotADirectoryError)  # fmt: skip
+             RunFolderError, FolderBusyError, StudentFileError, FileNotFoundError, NotADirectoryError)  # fmt: skip
 
 
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:

@@ -26,6 +26,12 @@ import torch
 from students.kan import KAN, KANConfig
 from students.symbols import SymbolLibrary
 
+
+class StudentFileError(ValueError):
+    """A student folder that cannot be loaded (or a model that could not be loaded back once saved);
+    the message names the file, the field or tensor, and the value."""
+
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -89,7 +95,7 @@ def save_kan(model: KAN, directory: Path, provenance: dict[str, str] | None = No
     try:
         _check_limits(model.config)
     except ValueError as err:
-        raise ValueError(f"{directory}: cannot save a KAN that from_pretrained would refuse: {err}") from None
+        raise StudentFileError(f"{directory}: cannot save a KAN that from_pretrained would refuse: {err}") from None
     tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
     config = {"model_type": "kan", **model.config.to_dict()}
     atomic_write_bytes(directory / WEIGHTS_NAME, safetensors.torch.save(tensors, metadata=metadata_))
@@ -117,16 +123,17 @@ def implied_shapes(config: KANConfig) -> dict[str, tuple[int, ...]]:
 def _check_limits(config: KANConfig) -> None:
     """Refuse a config whose model would exceed the documented limits (before anything is allocated)."""
     if len(config.width) > MAX_LAYERS + 1:
-        raise ValueError(f"KAN width: {len(config.width)} entries; at most {MAX_LAYERS + 1} ({MAX_LAYERS} layers)")
+        raise StudentFileError(f"KAN width: {len(config.width)} entries; at most {MAX_LAYERS + 1} "
+                               f"({MAX_LAYERS} layers)")  # fmt: skip
     if max(config.width) > MAX_WIDTH:
-        raise ValueError(f"KAN width: {reprlib.repr(config.width)} has a layer of {max(config.width)} nodes; "
+        raise StudentFileError(f"KAN width: {reprlib.repr(config.width)} has a layer of {max(config.width)} nodes; "
                          f"at most {MAX_WIDTH}")  # fmt: skip
     for name, limit in (("grid", MAX_GRID), ("k", MAX_K), ("ensemble", MAX_ENSEMBLE)):
         if getattr(config, name) > limit:
-            raise ValueError(f"KAN {name}: {getattr(config, name)}; at most {limit}")
+            raise StudentFileError(f"KAN {name}: {getattr(config, name)}; at most {limit}")
     n_values = sum(math.prod(shape) for shape in implied_shapes(config).values())
     if n_values > MAX_VALUES:
-        raise ValueError(
+        raise StudentFileError(
             f"KAN of width {config.width}, grid {config.grid}, k {config.k}, ensemble {config.ensemble} holds "
             f"{n_values} values; at most {MAX_VALUES} values"
         )
@@ -135,23 +142,23 @@ def _check_limits(config: KANConfig) -> None:
 def _read_config(path: Path) -> KANConfig:
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
-        raise ValueError(f"{path}: {size} bytes; a KAN config is at most {MAX_CONFIG_BYTES} bytes")
+        raise StudentFileError(f"{path}: {size} bytes; a KAN config is at most {MAX_CONFIG_BYTES} bytes")
     try:
         raw = json.loads(path.read_bytes())
     except (ValueError, RecursionError) as err:  # bad JSON, bad UTF-8, nesting too deep, a 5000-digit number
-        raise ValueError(f"{path}: not valid JSON ({type(err).__name__}: {reprlib.repr(str(err))})") from None
+        raise StudentFileError(f"{path}: not valid JSON ({type(err).__name__}: {reprlib.repr(str(err))})") from None
     if not isinstance(raw, dict) or raw.get("model_type") != "kan":
-        raise ValueError(f'{path}: not a KAN config (expected "model_type": "kan")')
+        raise StudentFileError(f'{path}: not a KAN config (expected "model_type": "kan")')
     raw.pop("model_type")
     known = set(KANConfig.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown config keys {reprlib.repr(unknown)}")
+        raise StudentFileError(f"{path}: unknown config keys {reprlib.repr(unknown)}")
     try:
         config = KANConfig(**raw)
         _check_limits(config)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise StudentFileError(f"{path}: {err}") from None
     return config
 
 
@@ -165,13 +172,13 @@ def _check_header(
     expected = implied_shapes(config)
     missing, unexpected = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise StudentFileError(
             f"{weights_path} does not match {config_path}: missing tensors {reprlib.repr(missing)}, "
             f"unexpected {reprlib.repr(unexpected)}"
         )
     for name, (shape, _) in header.items():
         if shape != expected[name]:
-            raise ValueError(
+            raise StudentFileError(
                 f"{weights_path}: tensor {name!r} has shape {shape}, but {config_path} (width={config.width}, "
                 f"grid={config.grid}, k={config.k}, ensemble={config.ensemble}) implies {expected[name]}"
             )
@@ -181,13 +188,14 @@ def _check_header(
 
     model_dtype = dtype_of("layers.0.coef")
     if model_dtype not in _FLOAT_DTYPES:
-        raise ValueError(
+        raise StudentFileError(
             f"{weights_path}: tensor 'layers.0.coef' has dtype {model_dtype}; expected one of {_FLOAT_DTYPES}"
         )
     for name in header:
         expected_dtype = "int64" if name.endswith(".sym_index") else model_dtype
         if dtype_of(name) != expected_dtype:
-            raise ValueError(f"{weights_path}: tensor {name!r} has dtype {dtype_of(name)}; expected {expected_dtype}")
+            raise StudentFileError(f"{weights_path}: tensor {name!r} has dtype {dtype_of(name)}; "
+                                   f"expected {expected_dtype}")  # fmt: skip
     return getattr(torch, model_dtype)
 
 
@@ -197,16 +205,16 @@ def _check_values(tensors: dict[str, torch.Tensor], n_symbols: int, path: Path) 
         kind = name.rsplit(".", 1)[-1]
         if kind == "sym_index":
             if t.numel() and not 0 <= t.min() <= t.max() < n_symbols:
-                raise ValueError(f"{path}: tensor {name!r} names symbols outside the {n_symbols} in the config")
+                raise StudentFileError(f"{path}: tensor {name!r} names symbols outside the {n_symbols} in the config")
             continue
         if not torch.isfinite(t).all():
-            raise ValueError(f"{path}: tensor {name!r} holds NaN or infinite values")
+            raise StudentFileError(f"{path}: tensor {name!r} holds NaN or infinite values")
         if kind in ("mask", "sym_mask") and not ((t == 0) | (t == 1)).all():
-            raise ValueError(f"{path}: tensor {name!r} holds values other than 0 and 1")
+            raise StudentFileError(f"{path}: tensor {name!r} holds values other than 0 and 1")
         if kind == "grid" and not (t.diff(dim=-1) > 0).all():
-            raise ValueError(f"{path}: tensor {name!r} is not strictly increasing along its knots")
+            raise StudentFileError(f"{path}: tensor {name!r} is not strictly increasing along its knots")
         if t.numel() and t.abs().max() > MAX_ABS_VALUE:
-            raise ValueError(
+            raise StudentFileError(
                 f"{path}: tensor {name!r} holds values beyond +-{MAX_ABS_VALUE:g} (largest {t.abs().max():g})"
             )
 
@@ -225,7 +233,7 @@ def load_kan(directory: Path, symbols: SymbolLibrary) -> KAN:
     config = _read_config(config_path)
     unknown = [name for name in config.symbols if name not in symbols]
     if unknown:
-        raise ValueError(f"{config_path}: names symbols {reprlib.repr(unknown)} that the symbol library lacks")
+        raise StudentFileError(f"{config_path}: names symbols {reprlib.repr(unknown)} that the symbol library lacks")
     try:
         with safetensors.safe_open(weights_path, framework="pt") as f:  # one open: one consistent view of the file
             provenance = f.metadata() or {}
@@ -233,7 +241,7 @@ def load_kan(directory: Path, symbols: SymbolLibrary) -> KAN:
             dtype = _check_header(header, config, config_path, weights_path)
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (safetensors.SafetensorError, OSError) as err:
-        raise ValueError(f"{weights_path}: not a readable safetensors file ({err})") from None
+        raise StudentFileError(f"{weights_path}: not a readable safetensors file ({err})") from None
     _check_values(tensors, len(config.symbols), weights_path)
 
     model = KAN.from_config(config, symbols)
