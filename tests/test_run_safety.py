@@ -160,3 +160,35 @@ def test_a_second_run_of_one_folder_is_refused_while_the_first_holds_it(tmp_path
         assert main(["run", str(write(tmp_path, SMALL)), "--out", str(out)]) == 2
     assert "the run folder is in use by process" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [".lock-rank0", RUN_MARKER]
+
+
+def config_values():
+    from hypothesis import strategies as st
+
+    leaves = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+                       st.text(max_size=20), st.sampled_from(["causal_lm", "embedded_llama", "feynman_mlp", "mlp",
+                                                              "I.12.1", "../x", "{age:>9}", "package:os"]))  # fmt: skip
+    keys = st.sampled_from(["name", "teacher", "kind", "path", "template", "labels", "features", "low", "high",
+                            "values", "inputs", "rows", "students", "targets", "train", "hidden", "extract",
+                            "checks", "protected", "monotonic", "equation", "seed"])  # fmt: skip
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5),
+                        max_leaves=25)  # fmt: skip
+
+
+def test_fuzzed_configs_validate_or_fail_with_a_config_error():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    base = {"teacher": {"kind": "feynman_mlp"}, "students": [{"name": "s", "targets": ["I.12.1"]}]}
+
+    @settings(max_examples=300, deadline=2000, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.dictionaries(st.sampled_from([*SMALL, "features", "extract"]), config_values(), max_size=4),
+           config_values())  # fmt: skip
+    def check(change, whole):
+        for data in ({**base, **change}, whole):
+            try:
+                parse_config(data)
+            except ConfigError as err:
+                assert len(str(err)) < 5000
+
+    check()
