@@ -1,6 +1,9 @@
-"""Shared fixtures: data from ../shared, read in place (never copied into the project)."""
+"""Shared fixtures: data from ../shared, read in place (never copied into the project), and the slow
+artefacts several test files read (the embedded loan Llama, the quick demo), built once per session."""
 
+import contextlib
 import csv
+import io
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,19 @@ def loan_llama(tmp_path_factory) -> Path:
         return build_loan_llama(tmp_path_factory.mktemp("loan_llama"), LoanRule(protected_effect=-1.0), seed=0)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> tuple[str, Path]:
+    """`kandistill demo --quick`, once per session: its printed summary and its folder (``loan/``,
+    ``feynman/``). Tests read it; a test that writes copies what it needs first."""
+    from pipelines.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return printed.getvalue(), out
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,195 @@
+"""The README's code blocks run as written (issue 15), in a fresh folder, at a small size.
+
+Every fenced block in README.md is either run here or listed in `SKIPPED` with the reason; a new block
+that is neither fails `test_every_block_is_run_or_skipped`, so the README cannot drift from the code.
+Python blocks run in reading order in one namespace per section, as a reader pasting them would; the
+``kandistill`` lines run through `pipelines.cli.main`. What a fresh clone lacks (the demo's run
+folder, a user's Llama checkpoint) is stood in for by the session's quick demo (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy
+import torch
+
+from pipelines.cli import main
+from pipelines.config import load_config
+from teachers.embedded import LOAN_TEMPLATE
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# The blocks the tests below run, each found by a line it holds.
+CONFIG = "name: llama-loan-audit"
+SURROGATE = 'decision = Surrogate.from_run("runs/demo/loan", "decision")'
+STUDENT = "model = KAN(width=[2, 5, 1], grid=5, k=3, seed=0)"
+EXTRACTION = "from distill.extract import Extraction, extract_formula"
+TEACHER = "teacher = CausalLMTeacher.from_pretrained("
+DISTILL = "from distill.train import StudentSpec, TrainConfig, distill"
+TRAIN_CLI = "kandistill train --cache runs/loan/targets"
+RUN = (CONFIG, SURROGATE, STUDENT, EXTRACTION, TEACHER, DISTILL, TRAIN_CLI)
+
+# The blocks not run here, each found by a line it holds, and why.
+SKIPPED = {
+    ".venv/bin/kandistill demo": "creates .venv, installs the package and runs the full demo (minutes); "
+    "tests/test_pipeline.py runs the quick demo in-process",
+    ".venv/bin/python -m pytest": "creates .venv, installs the dev extras and runs the whole suite, this test included",
+    "kandistill run CONFIG": "the commands' usage, with placeholders (CONFIG, runs/NAME); tests/test_cli.py runs them",
+    "run config ──► pipelines": "a diagram, not code",
+    "pip install --no-deps -r scripts/requirements-bench.txt": "installs benchmark-only packages, then a benchmark",
+}
+
+# In the teacher block, what a fresh clone lacks -> its small stand-in (names bound in the block's namespace).
+TEACHER_STANDINS = {
+    # a user's checkpoint -> the demo's embedded loan Llama (same features; trained on a planted rule)
+    '"/models/Llama-3.2-1B"': "LLAMA",
+    # the embedded Llama's word-level vocabulary knows only its own prompt: any other word is <unk>
+    '"Applicant: age {age}, income {income}k, debt {debt}k, {gender}. Approve? Answer:"': "LOAN_TEMPLATE",
+    "20_000": "300",  # rows
+}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@dataclass(frozen=True)
+class Block:
+    language: str
+    code: str
+    line: int  # of the block's first code line in README.md
+
+
+def readme_blocks(text: str) -> list[Block]:
+    """Every fenced code block of a Markdown text."""
+    return [Block(m["language"], m["code"], text.count("\n", 0, m.start("code")) + 1)
+            for m in re.finditer(r"^```(?P<language>\S*)\n(?P<code>.*?)^```$", text, re.M | re.S)]  # fmt: skip
+
+
+BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
+
+
+def block(key: str) -> Block:
+    found = [b for b in BLOCKS if key in b.code]
+    assert len(found) == 1, f"README.md: {len(found)} code blocks hold {key!r}, expected one"
+    return found[0]
+
+
+def code_of(source: Block, standins: dict[str, str]) -> str:
+    """The block's code with each stand-in put in; each replaced text must be there exactly once."""
+    code = source.code
+    for text, standin in standins.items():
+        assert code.count(text) == 1, f"README.md:{source.line}: {text!r} is no longer in the block"
+        code = code.replace(text, standin)
+    return code
+
+
+def run_python(key: str, namespace: dict, standins: dict[str, str] | None = None) -> dict:
+    """Run a Python block in ``namespace``; tracebacks name README.md and its line numbers."""
+    source = block(key)
+    assert source.language == "python", f"README.md:{source.line}: expected a python block"
+    code = code_of(source, standins or {})
+    exec(compile("\n" * (source.line - 1) + code, str(README), "exec"), namespace)
+    return namespace
+
+
+def run_commands(key: str, capsys) -> list[str]:
+    """Run each ``kandistill`` line of a bash block through the CLI's `main`; assert that each exits 0."""
+    printed = []
+    for line in block(key).code.replace("\\\n", " ").splitlines():
+        argv = shlex.split(line)
+        assert argv[0] == "kandistill", line
+        assert main(argv[1:]) == 0, capsys.readouterr().err
+        printed.append(capsys.readouterr().out)
+    return printed
+
+
+def demo_in(folder: Path, demo: tuple[str, Path]) -> None:
+    """``runs/demo/loan`` in ``folder``, as `kandistill demo` leaves it: a copy of the session's quick demo."""
+    shutil.copytree(demo[1] / "loan", folder / "runs" / "demo" / "loan")
+
+
+def test_every_block_is_run_or_skipped():
+    keys = (*RUN, *SKIPPED)
+    for b in BLOCKS:
+        matched = [key for key in keys if key in b.code]
+        assert len(matched) == 1, f"README.md:{b.line}: a block that this test neither runs nor skips ({matched})"
+    for key in keys:
+        block(key)  # each key names exactly one block
+
+
+def test_the_config_block_is_a_valid_run_config(tmp_path):
+    checkpoint = tmp_path / "Llama-3.2-1B-Instruct"  # a user's model folder: checked to exist, not read
+    checkpoint.mkdir()
+    path = tmp_path / "llama_audit.yaml"
+    path.write_text(code_of(block(CONFIG), {"/models/Llama-3.2-1B-Instruct": str(checkpoint)}), encoding="utf-8")
+    config = load_config(path)
+    assert config.schema().names == ["age", "income", "debt", "gender"]
+    assert config.teacher.kind == "causal_lm" and config.inputs.rows == 20000
+    assert [s.name for s in config.students] == ["decision"]
+
+
+def test_the_surrogate_block(tmp_path, monkeypatch, demo):
+    demo_in(tmp_path, demo)
+    monkeypatch.chdir(tmp_path)
+    ns = run_python(SURROGATE, {})
+    decision, applicant = ns["decision"], ns["applicant"]
+    predicted = decision.predict(applicant)
+    assert predicted.shape == (1, 1) and np.isfinite(predicted).all()
+    formula = decision.formula()
+    row = decision.encode(applicant)[0]
+    names = decision.schema.names
+    value = float(formula.subs({s: row[names.index(s.name)] for s in formula.free_symbols}))
+    assert abs(value - predicted[0, 0]) < 0.5  # the formula stands for the student
+    contributions = decision.explain(applicant)
+    assert list(contributions) == names and all(c.shape == (1, 1) for c in contributions.values())
+    assert contributions["gender"][0, 0] < -0.3 < 0.3 < contributions["income"][0, 0]  # the planted rule's signs
+
+
+def test_the_student_and_extraction_blocks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ns = run_python(STUDENT, {})
+    x_train = ns["x_train"]
+    assert torch.equal(ns["loaded"](x_train), ns["model"](x_train))  # saved and loaded back: the same function
+    assert not (tmp_path / "students").exists() and (tmp_path / "runs" / "my_kan" / "model.safetensors").is_file()
+
+    run_python(EXTRACTION, ns)
+    expression = ns["result"].expressions[0]
+    x, y = sorted(expression.free_symbols, key=lambda s: s.name)
+    assert sympy.simplify(expression - sympy.exp(sympy.sin(sympy.pi * x) + y**2)) == 0
+    assert ns["result"].fidelity["r2_vs_teacher"] > 0.99999
+    loaded = ns["Extraction"].load(tmp_path / "runs" / "formulas" / "head.json")
+    np.testing.assert_allclose(loaded.callable()(ns["x_test"].numpy()), ns["y_test"].numpy(), rtol=1e-4)
+
+    found = ns["found"].expression
+    q1, q2, r = sorted(found.free_symbols, key=lambda s: s.name)
+    ratio = sympy.simplify(found / (q1 * q2 / r**2))
+    assert not ratio.free_symbols and abs(float(ratio) - 1 / (4 * np.pi)) < 1e-4
+
+
+def test_the_teacher_distill_and_train_command_blocks(tmp_path, monkeypatch, demo, capsys):
+    demo_in(tmp_path, demo)
+    monkeypatch.chdir(tmp_path)
+    ns = run_python(TEACHER, {"LLAMA": "runs/demo/loan/teacher", "LOAN_TEMPLATE": LOAN_TEMPLATE}, TEACHER_STANDINS)
+    cache = ns["cache"]
+    assert cache.features().shape == (300, 4)
+    p_yes, p_no = np.exp(cache.target("logprob[yes]")), np.exp(cache.target("logprob[no]"))
+    np.testing.assert_allclose(p_yes + p_no, 1, rtol=1e-4)
+    assert p_yes.std() > 0.1  # the teacher's answers follow its inputs
+
+    run_python(DISTILL, ns)
+    result = ns["result"]
+    assert len(ns["heads"]) == 8  # 2 layers x 4 query heads of the embedded Llama
+    assert set(result.students) == {"decision", *(name.split(".dla")[0] for name in ns["heads"])}
+    assert result.fidelity["decision"]["r2_logodds"] > 0.99 and result.fidelity["decision"]["agreement"] > 0.95
+
+    (printed,) = run_commands(TRAIN_CLI, capsys)
+    students = tmp_path / "runs" / "loan" / "train" / "students"
+    head0 = json.loads((students / "head0" / "student.json").read_text())
+    assert head0["fidelity"]["r2"] > 0.9 and "head0" in printed
