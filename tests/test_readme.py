@@ -35,7 +35,8 @@ EXTRACTION = "from distill.extract import Extraction, extract_formula"
 TEACHER = "teacher = CausalLMTeacher.from_pretrained("
 DISTILL = "from distill.train import StudentSpec, TrainConfig, distill"
 TRAIN_CLI = "kandistill train --cache runs/loan/targets"
-RUN = (CONFIG, SURROGATE, STUDENT, EXTRACTION, TEACHER, DISTILL, TRAIN_CLI)
+DEMO_OUTPUT = "Demo finished in"
+RUN = (CONFIG, SURROGATE, STUDENT, EXTRACTION, TEACHER, DISTILL, TRAIN_CLI, DEMO_OUTPUT)
 
 # The blocks not run here, each found by a line it holds, and why.
 SKIPPED = {
@@ -193,3 +194,31 @@ def test_the_teacher_distill_and_train_command_blocks(tmp_path, monkeypatch, dem
     students = tmp_path / "runs" / "loan" / "train" / "students"
     head0 = json.loads((students / "head0" / "student.json").read_text())
     assert head0["fidelity"]["r2"] > 0.9 and "head0" in printed
+
+
+def verdicts(printed: str) -> set[tuple[str, ...]]:
+    """The verdicts in the demo's findings: protected attributes flagged or not, monotonic checks held
+    on the teacher or not, formulas recovered or not (numbers aside: the quick demo is smaller)."""
+    found = set()
+    for line in printed.splitlines():
+        if match := re.search(r"changing only (\w+) .*: (FLAGGED|not flagged)\.", line):
+            found.add(("protected", *match.groups()))
+        if match := re.search(r"(increasing|decreasing) in (\w+)\? violated by ([\d.]+)% of input pairs on the teacher",
+                              line):  # fmt: skip
+            found.add(("monotonic", match[1], match[2], "holds" if float(match[3]) < 1 else "violated"))
+        if match := re.search(r"(\S+): the formula .* is (recovered exactly|NOT recovered exactly)", line):
+            found.add(("recovery", *match.groups()))
+    return found
+
+
+def test_the_demo_prints_what_the_readme_says(demo):
+    """The README's demo output (the full demo, on a fresh clone) and the quick demo agree on every verdict."""
+    promised = block(DEMO_OUTPUT).code
+    assert verdicts(promised) == {
+        ("protected", "gender", "FLAGGED"),
+        ("monotonic", "increasing", "income", "holds"),
+        ("monotonic", "decreasing", "debt", "holds"),
+        ("recovery", "I.12.1", "recovered exactly"),
+    }
+    assert verdicts(demo[0]) == verdicts(promised), demo[0]
+    assert "Report: " in demo[0] and "loan/report/index.html" in demo[0]
