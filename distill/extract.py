@@ -26,7 +26,16 @@ import sympy
 import torch
 
 from distill.fit import FitConfig, fit_kan
-from distill.formula import FormulaError, from_tree, to_tree
+from distill.formula import (
+    FormulaError,
+    check_score,
+    check_scores,
+    check_variables,
+    evaluate,
+    from_trees,
+    read_json,
+    to_tree,
+)
 from distill.symbolic_fit import choose, fit_symbols
 from students import KAN
 from students.persistence import atomic_write_bytes
@@ -62,18 +71,28 @@ class Extraction:
         return [sympy.latex(e) for e in self.expressions]
 
     def callable(self, backend: str = "numpy"):
-        """``f(x)`` with ``x`` of shape ``(batch, n_features)`` -> ``(batch, n_outputs)``, via lambdify."""
+        """``f(x)`` with ``x`` of shape ``(batch, n_features)`` -> ``(batch, n_outputs)``.
+
+        numpy: `distill.formula.evaluate` (a tree walk, no generated code). Other backends: lambdify with
+        dummy symbols, after checking that every symbol is a feature: lambdify writes the names of symbols
+        that are not arguments into the generated source, where a name such as ``__import__('os')...`` runs.
+        """
+        if backend == "numpy":
+            return lambda x: np.stack([evaluate(e, self.features, x) for e in self.expressions], 1)
+        unknown = sorted({s.name for e in self.expressions for s in e.free_symbols} - set(self.features))
+        if unknown:
+            raise FormulaError(f"the formula uses {unknown[:5]!r:.200}, which are not features ({self.features})")
         symbols = [sympy.Symbol(n, real=True) for n in self.features]
         modules = TORCH_MODULES if backend == "torch" else backend
-        fns = [sympy.lambdify(symbols, e, modules=modules) for e in self.expressions]
+        fns = [sympy.lambdify(symbols, e, modules=modules, dummify=True) for e in self.expressions]
         lib = torch if backend == "torch" else np
 
-        def evaluate(x):
+        def evaluate_with(x):
             columns = [x[:, k] for k in range(x.shape[1])]
             outs = [fn(*columns) + 0 * columns[0] for fn in fns]
             return lib.stack(outs, 1)
 
-        return evaluate
+        return evaluate_with
 
     def to_json(self) -> dict:
         return {
@@ -89,31 +108,39 @@ class Extraction:
 
     @classmethod
     def from_json(cls, data: object, source: str = "formula") -> Extraction:
-        """Validate and rebuild; nothing in ``data`` is evaluated as code."""
+        """Validate and rebuild; nothing in ``data`` is evaluated as code, and anything malformed raises
+        :class:`FormulaError` naming ``source`` and the field."""
         if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
             raise FormulaError(f"{source}: not a kandistill formula file (format_version {FORMAT_VERSION})")
-        features = data.get("features")
-        if not isinstance(features, list) or not all(isinstance(f, str) and f.isidentifier() for f in features):
-            raise FormulaError(f"{source}.features: expected a list of identifier names, got {features!r:.80}")
+        features = check_variables(data.get("features"), f"{source}.features")
         outputs = data.get("outputs")
         if not isinstance(outputs, list) or not outputs:
             raise FormulaError(f"{source}.outputs: expected a non-empty list of formula trees")
-        expressions = [from_tree(t, features, f"{source}.outputs[{k}]") for k, t in enumerate(outputs)]
-        try:
-            edges = [EdgeChoice(**e) for e in data.get("edges", [])]
-            fidelity = {str(k): float(v) for k, v in data.get("fidelity", {}).items()}
-        except (TypeError, ValueError) as err:
-            raise FormulaError(f"{source}: malformed edges or fidelity ({err})") from None
-        return cls(features, expressions, edges, fidelity)
+        expressions = from_trees([(f"{source}.outputs[{k}]", t) for k, t in enumerate(outputs)], features)
+        edges = data.get("edges", [])
+        if not isinstance(edges, list):
+            raise FormulaError(f"{source}.edges: expected a list, got {type(edges).__name__}")
+        return cls(features, expressions, [_edge(e, f"{source}.edges[{k}]") for k, e in enumerate(edges)],
+                   check_scores(data.get("fidelity", {}), f"{source}.fidelity"))  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> Extraction:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise FormulaError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_json(data, str(path))
+        return cls.from_json(read_json(path), str(path))
+
+
+def _edge(value: object, where: str) -> EdgeChoice:
+    """An `EdgeChoice` from its JSON object, each field checked."""
+    fields = ("layer", "i", "j", "name", "params", "r2", "runner_up", "runner_up_r2")
+    if not isinstance(value, dict) or set(value) != set(fields):
+        raise FormulaError(f"{where}: expected an object with exactly {list(fields)}")
+    if not (all(type(value[k]) is int for k in ("layer", "i", "j")) and isinstance(value["name"], str)
+            and isinstance(value["runner_up"], str) and isinstance(value["params"], list)):  # fmt: skip
+        raise FormulaError(f"{where}: layer, i and j must be integers, name and runner_up strings, params a list")
+    params = [check_score(v, f"{where}.params[{k}]") for k, v in enumerate(value["params"])]
+    return EdgeChoice(value["layer"], value["i"], value["j"], value["name"], params,
+                      check_score(value["r2"], f"{where}.r2"), value["runner_up"],
+                      check_score(value["runner_up_r2"], f"{where}.runner_up_r2"))  # fmt: skip
 
 
 def auto_symbolic(

@@ -15,7 +15,7 @@ import numpy as np
 import sympy
 import torch
 
-from distill.formula import parse_formula
+from distill.formula import evaluate, parse_formula
 from teachers.mlp import MLPTeacher, train_mlp
 from teachers.schema import FeatureSchema, NumericFeature
 
@@ -44,17 +44,23 @@ class FeynmanEquation:
         """``n`` uniform samples ``(n, n_variables)`` and the formula's values there ``(n,)``, float32."""
         rng = np.random.default_rng(seed)
         x = np.column_stack([rng.uniform(lo, hi, n) for lo, hi in self.ranges])
-        symbols = [sympy.Symbol(v, real=True) for v in self.variables]
-        y = np.broadcast_to(np.asarray(sympy.lambdify(symbols, self.expression(), "numpy")(*x.T), np.float64), (n,))
+        y = evaluate(self.expression(), self.variables, x)
         return torch.from_numpy(x).float(), torch.from_numpy(y.copy()).float()
 
 
+MAX_OPS_TO_SIMPLIFY = 500
+
+
 def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: np.ndarray) -> bool:
-    """SRBench's rule: ``found - truth`` or ``found / truth`` simplifies to a constant."""
-    symbols = [sympy.Symbol(v, real=True) for v in variables]
+    """SRBench's rule: ``found - truth`` or ``found / truth`` simplifies to a constant.
+
+    Evaluated by `distill.formula.evaluate` (no generated code); a formula of more than
+    ``MAX_OPS_TO_SIMPLIFY`` operations is not simplified (sympy could take hours) and counts as not recovered.
+    """
     with np.errstate(all="ignore"):
-        a = np.broadcast_to(sympy.lambdify(symbols, found, "numpy")(*x.T), (x.shape[0],)).astype(np.float64)
-        b = np.broadcast_to(sympy.lambdify(symbols, truth, "numpy")(*x.T), (x.shape[0],)).astype(np.float64)
+        a, b = evaluate(found, variables, x), evaluate(truth, variables, x)
+    if sympy.count_ops(found) > MAX_OPS_TO_SIMPLIFY:
+        return False
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return False
     diff, ratio = a - b, a / b

@@ -19,7 +19,7 @@ from distill.train import StudentSpec, TrainConfig, TrainError, distill
 from pipelines.config import ConfigError, load_config
 from pipelines.demo import run_demo
 from pipelines.runner import STAGES, RunFolderError, run
-from pipelines.surrogate import Surrogate
+from pipelines.surrogate import Surrogate, SurrogateError
 from students.persistence import StudentFileError
 from teachers.base import TeacherError
 from teachers.names import InvalidNameError
@@ -27,7 +27,8 @@ from teachers.schema import SchemaError
 
 EXIT_BAD_INPUT = 2
 BAD_INPUT = (ConfigError, CacheError, TrainError, TeacherError, SchemaError, FormulaError, InvalidNameError,
-             RunFolderError, FolderBusyError, StudentFileError, FileNotFoundError, NotADirectoryError)  # fmt: skip
+             RunFolderError, FolderBusyError, StudentFileError, SurrogateError, FileNotFoundError,
+             NotADirectoryError)  # fmt: skip
 
 
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
@@ -90,10 +91,9 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"{surrogate.name}: {surrogate.schema.names} -> {surrogate.outputs}")
         print("  fidelity (held out): " + json.dumps(surrogate.record["fidelity"]))
         if surrogate.formula_path is not None:
-            formula = surrogate.formula()
-            for target, expr in zip(surrogate.outputs, formula if isinstance(formula, list) else [formula],
-                                    strict=True):  # fmt: skip
-                print(f"  {target} = {expr}")
+            record = surrogate.formula_record()
+            for target, text in zip(record.targets, record.text, strict=True):
+                print(f"  {target} = {text}")
     return 0
 
 

@@ -46,7 +46,7 @@ from distill.targets import SoftTargetCache, library_versions
 from distill.train import split_rows
 from pipelines.config import RunConfig
 from pipelines.runner import RunFolder, build_teacher, student_specs
-from pipelines.surrogate import Surrogate
+from pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
 from students.persistence import atomic_write_bytes
 from teachers.base import Teacher, hash_json
 from teachers.schema import CategoricalFeature
@@ -64,7 +64,7 @@ class StudentAudit:
 
     name: str
     output: str
-    formula: dict | None
+    formula: FormulaRecord | None
     fidelity: dict[str, float]
     importance: dict[str, float]
     plots: dict[str, str] = field(default_factory=dict)
@@ -299,7 +299,7 @@ def audit_student(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, 
     schema = cache.schema
     fidelity = json.loads((folder.train / "fidelity.json").read_text())[spec.name]
     formula_path = folder.formulas / f"{spec.name}.json"
-    formula = json.loads(formula_path.read_text()) if formula_path.is_file() else None
+    formula = read_formula_record(formula_path, schema.names) if formula_path.is_file() else None
     output = surrogate.outputs[0]
     audit = StudentAudit(spec.name, output, formula, fidelity, {})
 
@@ -328,8 +328,7 @@ def audit_student(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, 
     importance_plot(plots / f"{index}_importance.png", audit.importance)
     audit.plots["importance"] = f"plots/{index}_importance.png"
     if formula:
-        first = formula["outputs"][0]
-        formula_image(plots / f"{index}_formula.png", first["latex"], first["text"])
+        formula_image(plots / f"{index}_formula.png", formula.latex[0], formula.text[0])
         audit.plots["formula"] = f"plots/{index}_formula.png"
 
     checks = config.checks
@@ -367,9 +366,9 @@ def headline(audits: list[StudentAudit]) -> list[str]:
                          f"{check['teacher_violations']:.1%} of input pairs on the teacher, "
                          f"{check['student_violations']:.1%} on the student.")  # fmt: skip
         if audit.formula:
-            first = audit.formula["outputs"][0]
-            scores = ", ".join(f"{k} {v:.4g}" for k, v in audit.formula["fidelity_vs_teacher"].items())
-            lines.append(f"{audit.name}: {first['target']} ≈ {first['text']} ({scores} against the teacher).")
+            scores = ", ".join(f"{k} {v:.4g}" for k, v in audit.formula.fidelity_vs_teacher.items())
+            lines.append(f"{audit.name}: {audit.formula.targets[0]} ≈ {audit.formula.text[0]} "
+                         f"({scores} against the teacher).")  # fmt: skip
     return lines
 
 
@@ -406,12 +405,11 @@ def write_html(
         parts.append(f'<section id="student-{h(audit.name)}"><h2>Student <code>{h(audit.name)}</code>: '
                      f"{h(audit.output)}</h2>")  # fmt: skip
         if audit.formula:
-            first = audit.formula["outputs"][0]
             parts.append(f'<h3>Formula</h3><p><img src="{h(audit.plots["formula"])}" alt="formula"></p>'
-                         f"<p><code>{h(first['target'])} = {h(first['text'])}</code></p>")  # fmt: skip
+                         f"<p><code>{h(audit.formula.targets[0])} = {h(audit.formula.text[0])}</code></p>")  # fmt: skip
         parts.append("<h3>Fidelity on held-out inputs</h3><table><tr><th></th><th>measure</th><th>value</th></tr>")
-        for who, scores in (("student vs teacher", audit.fidelity),
-                            ("formula vs teacher", (audit.formula or {}).get("fidelity_vs_teacher", {}))):  # fmt: skip
+        formula_scores = audit.formula.fidelity_vs_teacher if audit.formula else {}
+        for who, scores in (("student vs teacher", audit.fidelity), ("formula vs teacher", formula_scores)):
             for k, v in scores.items():
                 parts.append(f"<tr><td>{who}</td><td>{h(k)}</td><td>{h(v)}</td></tr>")
         parts.append('</table><h3>Shape functions</h3><div class="plots">')
@@ -449,14 +447,14 @@ def write_markdown(path: Path, config: RunConfig, audits: list[StudentAudit], fi
     for audit in audits:
         lines += [f"## Student {md_code(audit.name)}: {md_text(audit.output)}", ""]
         if audit.formula:
-            first = audit.formula["outputs"][0]
-            lines += [f"![formula]({audit.plots['formula']})", "", md_code(f"{first['target']} = {first['text']}"), "",
-                      f"LaTeX: {md_code(first['latex'])}", ""]  # fmt: skip
+            shown = md_code(f"{audit.formula.targets[0]} = {audit.formula.text[0]}")
+            lines += [f"![formula]({audit.plots['formula']})", "", shown, "",
+                      f"LaTeX: {md_code(audit.formula.latex[0])}", ""]  # fmt: skip
         lines += ["| | measure | value |", "|---|---|---|"]
         lines += [f"| student vs teacher | {md_text(k)} | {md_text(v)} |" for k, v in audit.fidelity.items()]
         if audit.formula:
             lines += [f"| formula vs teacher | {md_text(k)} | {md_text(v)} |"
-                      for k, v in audit.formula["fidelity_vs_teacher"].items()]  # fmt: skip
+                      for k, v in audit.formula.fidelity_vs_teacher.items()]  # fmt: skip
         lines += ["", "### Shape functions", ""]
         lines += [f"![{md_text(name)}]({src})" for name, src in audit.shapes.items()]
         lines += ["", "### Feature importance", "", f"![importance]({audit.plots['importance']})", ""]
@@ -477,7 +475,7 @@ def write_markdown(path: Path, config: RunConfig, audits: list[StudentAudit], fi
 def model_card(folder: Path, audit: StudentAudit, provenance: dict) -> None:
     """``README.md`` with Hugging Face metadata (YAML written by ``yaml.safe_dump``), in the student's folder."""
     kind = "tabular-classification" if audit.output.startswith("logodds") else "tabular-regression"
-    formula = audit.formula["outputs"][0]["text"] if audit.formula else "not extracted"
+    formula = audit.formula.text[0] if audit.formula else "not extracted"
     metrics = [{" ".join(str(k).splitlines()): float(v)} for k, v in audit.fidelity.items()]
     header = {"library_name": "kandistill", "pipeline_tag": kind, "tags": ["kan", "distillation", "interpretability"],
               "metrics": metrics}  # fmt: skip
@@ -528,7 +526,7 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) ->
     write_html(report / "index.html", config, audits, findings, provenance)
     summary = {"findings": findings, "students": {a.name: {"fidelity": a.fidelity, "importance": a.importance,
                "monotonic": a.monotonic, "protected": a.protected,
-               "formula": a.formula["outputs"][0]["text"] if a.formula else None} for a in audits}}  # fmt: skip
+               "formula": a.formula.text[0] if a.formula else None} for a in audits}}  # fmt: skip
     atomic_write_bytes(report / "audit.json", json.dumps(summary, indent=2).encode())
     atomic_write_bytes(stamp_path, json.dumps({"stamp": stamp}).encode())
     return report / "index.html"

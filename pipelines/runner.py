@@ -33,12 +33,12 @@ import yaml
 from distill.discover import DiscoverConfig, discover_formula
 from distill.feynman import DEFAULT_CSV, feynman_teacher
 from distill.fidelity import label_fidelity, scalar_fidelity
-from distill.formula import to_tree
+from distill.formula import evaluate, to_tree
 from distill.lock import folder_lock
 from distill.targets import MANIFEST, CacheError, SoftTargetCache, generate_targets, read_inputs, sample_inputs
 from distill.train import StudentSpec, TrainConfig, distill, split_rows, target_matrix
 from pipelines.config import RunConfig
-from pipelines.surrogate import Surrogate
+from pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
 from students.persistence import atomic_write_bytes
 from teachers.base import Teacher, TeacherError, hash_json, process_state
 from teachers.causal_lm import CausalLMTeacher
@@ -261,7 +261,7 @@ def stage_train(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, pr
     return result.fidelity
 
 
-def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) -> dict[str, dict]:
+def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) -> dict[str, FormulaRecord]:
     """Per student with ``extract: true``: a formula of the student's outputs in the features' own units."""
     results = {}
     train_rows, val_rows = split_rows(len(cache), config.train.validation_fraction, config.train.seed)
@@ -273,7 +273,7 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
         stamp = hash_json({"student": surrogate.digest(), "extract": config.extract.model_dump()})
         path = folder.formulas / f"{spec.name}.json"
         if _read_stamp(path) == stamp:
-            results[spec.name] = json.loads(path.read_text())
+            results[spec.name] = read_formula_record(path, cache.schema.names)
             logger.info("extract: %s unchanged, skipped", spec.name)
             continue
         logger.info("extract: searching a formula for %s", spec.name)
@@ -308,21 +308,17 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
             "fidelity_vs_teacher": fidelity,
         }
         _write_json(path, record)
-        results[spec.name] = record
-        for item in record["outputs"]:
-            logger.info("extract: %s = %s", item["target"], item["text"])
+        results[spec.name] = read_formula_record(path, cache.schema.names)
+        for target, text in zip(results[spec.name].targets, results[spec.name].text, strict=True):
+            logger.info("extract: %s = %s", target, text)
     return results
 
 
 def evaluate_formulas(expressions: list, features: list[str], x: np.ndarray) -> np.ndarray:
-    """Evaluate sympy formulas of the named features on ``x`` ``(rows, n)`` -> ``(rows, len(expressions))``."""
-    symbols = [sympy.Symbol(name, real=True) for name in features]
-    columns = []
-    for expr in expressions:
-        function = sympy.lambdify(symbols, expr, "numpy")
-        with np.errstate(all="ignore"):
-            columns.append(np.broadcast_to(np.asarray(function(*x.T), dtype=np.float64), (len(x),)))
-    return np.stack(columns, 1)
+    """Evaluate sympy formulas of the named features on ``x`` ``(rows, n)`` -> ``(rows, len(expressions))``,
+    with the tree evaluator that never generates code (`distill.formula.evaluate`)."""
+    with np.errstate(all="ignore"):
+        return np.stack([evaluate(expr, features, x) for expr in expressions], 1)
 
 
 def run(config: RunConfig, root: str | Path, stages: tuple[str, ...] = STAGES, progress: bool = True) -> RunFolder:

@@ -3,17 +3,23 @@
     surrogate = Surrogate.from_run("runs/demo/loan", "decision")
     surrogate.predict({"age": [40], "income": [70], "debt": [10], "gender": ["female"]})  # (1, out)
     surrogate.formula()   # sympy, from formulas/decision.json (never parsed as code)
+    surrogate.formula_record()  # the whole checked record: targets, text, LaTeX, fidelity
     surrogate.explain(features)  # per-feature contributions
 
 Features may be a dict of columns or anything DataFrame-like (``frame[name]`` gives a column).
 `explain` attributes a prediction to each feature as the change when that feature alone is moved
 to its baseline (the middle of a numeric range, the first category); for an additive student these
 contributions are exact and sum, with the baseline's prediction, to the prediction.
+
+Every file is checked before use: ``student.json`` by `Surrogate` (`SurrogateError` naming the file
+and field), a run's formula record by `read_formula_record` (`FormulaError`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +27,121 @@ import numpy as np
 import sympy
 import torch
 
-from distill.formula import from_tree
-from distill.train import StudentSpec
+from distill.formula import FormulaError, check_scores, check_variables, from_trees, read_json
+from distill.train import StudentSpec, TrainError
 from students import KAN
 from teachers.base import hash_json, hash_tensors
-from teachers.schema import CategoricalFeature, FeatureSchema
+from teachers.names import InvalidNameError, check_slug
+from teachers.schema import CategoricalFeature, FeatureSchema, SchemaError
+
+
+class SurrogateError(ValueError):
+    """A student folder whose ``student.json`` is malformed or does not fit its model; names the file and field."""
+
+
+@dataclass(frozen=True)
+class FormulaRecord:
+    """A run's ``formulas/STUDENT.json`` (written by the extract stage), checked by `read_formula_record`.
+
+    ``text`` and ``latex`` are derived here from ``expressions``, never read from the file, so that
+    what a report shows is what the formula tree holds.
+    """
+
+    student: str
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    expressions: tuple[sympy.Expr, ...]
+    fidelity_vs_teacher: dict[str, float]
+    text: tuple[str, ...]
+    latex: tuple[str, ...]
+
+
+def read_formula_record(path: str | Path, features: list[str] | None = None) -> FormulaRecord:
+    """Read and check a formula record; ``features``, when given, must be exactly the file's features.
+
+    Raises :class:`FormulaError` naming the file and the field (`FileNotFoundError` if there is none).
+    """
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise FormulaError(f"{path}: expected a formula record (an object), got {type(data).__name__}")
+    try:
+        student = check_slug(data.get("student"), f"{path}: student")
+    except InvalidNameError as err:
+        raise FormulaError(str(err)) from None
+    names = check_variables(data.get("features"), f"{path}: features")
+    if features is not None and names != list(features):
+        raise FormulaError(f"{path}: features {names} are not the student's {list(features)}")
+    outputs = data.get("outputs")
+    if not isinstance(outputs, list) or not outputs or not all(isinstance(o, dict) for o in outputs):
+        raise FormulaError(f"{path}: outputs: expected a non-empty list of objects")
+    targets = [o.get("target") for o in outputs]
+    if not all(isinstance(t, str) and t for t in targets) or len(set(targets)) != len(targets):
+        raise FormulaError(f"{path}: outputs: each needs a distinct, non-empty target name, got {targets!r:.200}")
+    expressions = from_trees([(f"{path}: outputs[{k}].tree", o.get("tree")) for k, o in enumerate(outputs)], names)
+    return FormulaRecord(student, tuple(names), tuple(targets), tuple(expressions),
+                         check_scores(data.get("fidelity_vs_teacher"), f"{path}: fidelity_vs_teacher"),
+                         tuple(str(sympy.N(e, 4)) for e in expressions),
+                         tuple(sympy.latex(sympy.N(e, 4), mul_symbol="dot") for e in expressions))  # fmt: skip
+
+
+def _numbers(record: dict, key: str, length: int, where: str) -> np.ndarray:
+    values = record.get(key)
+    numbers = isinstance(values, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if not (numbers and len(values) == length and all(math.isfinite(v) for v in values)):
+        raise SurrogateError(f"{where}: {key}: expected {length} finite numbers, got {str(values)[:80]}")
+    return np.asarray(values, dtype=np.float64)
 
 
 class Surrogate:
     """A KAN student with its input scaling and output units (``student.json``)."""
 
     def __init__(self, model: KAN, record: dict[str, Any], folder: Path, formula_path: Path | None = None) -> None:
+        """Checks ``record`` (the folder's ``student.json``) against itself and ``model``: `SurrogateError`."""
         self.model, self.record, self.folder, self.formula_path = model.eval(), record, folder, formula_path
-        self.schema = FeatureSchema.from_dict(record["features"])
-        self.low, self.high = np.asarray(record["input_low"]), np.asarray(record["input_high"])
-        self.mean, self.std = np.asarray(record["output_mean"]), np.asarray(record["output_std"])
+        where = str(folder / "student.json")
+        if not isinstance(record, dict):
+            raise SurrogateError(f"{where}: expected an object, got {type(record).__name__}")
+        try:
+            check_slug(record.get("name"), "name")
+            targets = record.get("targets")
+            if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+                raise SurrogateError(f"{where}: targets: expected a list of column names, got {str(targets)[:80]}")
+            self.spec = StudentSpec(record["name"], tuple(targets), kind=str(record.get("kind")))
+            self.schema = FeatureSchema.from_dict(record.get("features"))
+        except (InvalidNameError, TrainError, SchemaError) as err:
+            raise SurrogateError(f"{where}: {err}") from None
+        self.low, self.high = (_numbers(record, k, len(self.schema), where) for k in ("input_low", "input_high"))
+        self.mean, self.std = (_numbers(record, k, self.spec.n_outputs, where) for k in ("output_mean", "output_std"))
+        if not np.all(self.low < self.high):
+            raise SurrogateError(f"{where}: input_low must be below input_high for each feature")
+        if not np.all(self.std > 0):
+            raise SurrogateError(f"{where}: output_std must be positive, got {self.std.tolist()}")
+        if not isinstance(record.get("fidelity"), dict):
+            raise SurrogateError(f"{where}: fidelity: expected an object of scores")
+        if model.ensemble != 1 or model.width[0] != len(self.schema) or model.width[-1] != self.spec.n_outputs:
+            raise SurrogateError(f"{where}: the model (width {model.width}, ensemble {model.ensemble}) does not fit "
+                                 f"{len(self.schema)} features and {self.spec.n_outputs} outputs")  # fmt: skip
 
     @classmethod
     def from_folder(cls, folder: str | Path, schema: FeatureSchema | None = None) -> Surrogate:
         folder = Path(folder)
         if not (folder / "student.json").is_file():
             raise FileNotFoundError(f"{folder}: no student.json (not a student folder written by the train stage)")
-        record = json.loads((folder / "student.json").read_text())
-        if schema is not None and record["features"] != schema.to_dict():
-            raise ValueError(f"{folder}: the student was trained on other features than {schema.names}")
-        return cls(KAN.from_pretrained(folder), record, folder)
+        try:
+            record = json.loads((folder / "student.json").read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as err:
+            raise SurrogateError(f"{folder / 'student.json'}: not valid JSON ({str(err)[:200]})") from None
+        surrogate = cls(KAN.from_pretrained(folder), record, folder)
+        if schema is not None and surrogate.schema != schema:
+            raise SurrogateError(f"{folder}: the student was trained on other features than {schema.names}")
+        return surrogate
 
     @classmethod
     def from_run(cls, run: str | Path, name: str) -> Surrogate:
         """The student ``name`` of a run folder, with its formula when the extract stage has run."""
         run = Path(run)
-        folder = run / "train" / "students" / name
+        folder = run / "train" / "students" / check_slug(name, "student name")
         if not folder.is_dir():
             found = sorted(p.name for p in (run / "train" / "students").glob("*")) if (run / "train").is_dir() else []
             raise FileNotFoundError(f"{run}: no student {name!r}; the run has {found}")
@@ -66,7 +156,7 @@ class Surrogate:
 
     @property
     def outputs(self) -> list[str]:
-        return StudentSpec(self.name, tuple(self.record["targets"]), kind=self.record["kind"]).output_names
+        return self.spec.output_names
 
     def digest(self) -> str:
         """A hash of the weights and the scaling record (not of file bytes, which hold a save time)."""
@@ -86,6 +176,9 @@ class Surrogate:
 
     def predict_encoded(self, x: np.ndarray) -> np.ndarray:
         """``(rows, n_features)`` encoded features -> ``(rows, out)`` predictions in the target's units."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.schema):
+            raise ValueError(f"{self.name}: expected encoded features (rows, {len(self.schema)}), got {x.shape}")
         scaled = torch.as_tensor(2 * (x - self.low) / (self.high - self.low) - 1, dtype=torch.float32)
         with torch.no_grad():
             y = self.model(scaled).double().numpy()
@@ -112,13 +205,19 @@ class Surrogate:
             contributions[name] = full - self.predict_encoded(moved)
         return contributions
 
-    def formula(self) -> list[sympy.Expr] | sympy.Expr:
-        """The extracted formula (one per output; a single expression for a single output)."""
+    def formula_record(self) -> FormulaRecord:
+        """The checked formula record of this student (`read_formula_record`), for its features and outputs."""
         if self.formula_path is None:
             raise FileNotFoundError(f"no formula for student {self.name!r}: run the extract stage first")
-        record = json.loads(self.formula_path.read_text())
-        expressions = [from_tree(item["tree"], record["features"], path=f"{self.formula_path.name}:{item['target']}")
-                       for item in record["outputs"]]  # fmt: skip
+        record = read_formula_record(self.formula_path, self.schema.names)
+        if record.student != self.name or list(record.targets) != self.outputs:
+            raise FormulaError(f"{self.formula_path}: the record is of student {record.student!r} with outputs "
+                               f"{list(record.targets)}, not {self.name!r} with {self.outputs}")  # fmt: skip
+        return record
+
+    def formula(self) -> list[sympy.Expr] | sympy.Expr:
+        """The extracted formula (one per output; a single expression for a single output)."""
+        expressions = list(self.formula_record().expressions)
         return expressions[0] if len(expressions) == 1 else expressions
 
     def __repr__(self) -> str:

@@ -189,17 +189,17 @@ class FeatureSchema:
 def _feature_from_dict(item: Any, where: str) -> Feature:
     if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
         raise SchemaError(f"{where}: expected a mapping with a 'name', got {str(item)[:80]!r}")
-    where = f"{where} ({item['name'][:40]})"
     kind = item.get("kind", "categorical" if "values" in item else "numeric")
+    if kind not in ("numeric", "categorical"):
+        raise SchemaError(f"{where}.kind: expected 'numeric' or 'categorical', got {str(kind)[:40]!r}")
+    where = f"{where} ({item['name'][:40]})"
     if kind == "numeric":
         low, high, integer = item.get("low"), item.get("high"), item.get("integer", False)
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
         if set(item) - {"name", "kind", "low", "high", "integer"} or not numbers or not isinstance(integer, bool):
             raise SchemaError(f"{where}: numeric features take name, low and high (numbers), integer (true/false)")
         return NumericFeature(item["name"], low, high, integer)
-    if kind == "categorical":
-        values = item.get("values")
-        if set(item) - {"name", "kind", "values"} or not isinstance(values, list | tuple):
-            raise SchemaError(f"{where}: categorical features take name and a list of values")
-        return CategoricalFeature(item["name"], tuple(str(v) if isinstance(v, int | float) else v for v in values))
-    raise SchemaError(f"{where}.kind: expected 'numeric' or 'categorical', got {str(kind)[:40]!r}")
+    values = item.get("values")
+    if set(item) - {"name", "kind", "values"} or not isinstance(values, list | tuple):
+        raise SchemaError(f"{where}: categorical features take name and a list of values")
+    return CategoricalFeature(item["name"], tuple(str(v) if isinstance(v, int | float) else v for v in values))

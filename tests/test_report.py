@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sympy
 import yaml
 
 from pipelines.config import parse_config
@@ -23,6 +24,7 @@ from pipelines.report import (
     write_markdown,
 )
 from pipelines.runner import run
+from pipelines.surrogate import FormulaRecord
 from teachers.mlp import MLP, MLPTeacher
 from teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
 
@@ -40,7 +42,7 @@ def hostile_audit(name: str = WORSE) -> StudentAudit:
     check = {"feature": name, "teacher_mean_abs_change": 0.5, "threshold": 0.1, "verdict": "flagged"}
     return StudentAudit(
         name=name, output=name,
-        formula={"outputs": [{"target": name, "text": name, "latex": name}], "fidelity_vs_teacher": {name: 0.5}},
+        formula=FormulaRecord(name, ("x",), (name,), (sympy.Symbol("x"),), {name: 0.5}, (name,), (name,)),
         fidelity={"r2": 0.9, name: 0.1}, importance={name: 1.0, "formula": 0.5, "importance": 0.25},
         plots={"formula": "plots/0_formula.png", "importance": "plots/0_importance.png"},
         shapes={name: "plots/0_0_scriptalert1script.png", "formula": "plots/0_1_formula.png",
