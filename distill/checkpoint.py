@@ -3,8 +3,9 @@
 The folder holds the KAN (``save_pretrained``: ``config.json`` + ``model.safetensors``), the
 optimiser's tensors (``optimizer.safetensors``; Adam's moments or L-BFGS's history) and
 ``state.json`` (everything else: phase, step, members, the cache's fingerprint, the optimiser's
-non-tensor state). It is written whole under a temporary name and swapped in by rename, so a kill
-leaves the previous checkpoint or the new one, never a mix. No pickle anywhere.
+non-tensor state). It is written whole under a temporary name and swapped in by two renames, so a
+kill leaves the previous checkpoint or the new one, never a mix; `recover_checkpoint` finishes a
+swap that a kill cut between its renames. No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -70,12 +71,37 @@ def save_checkpoint(folder: Path, model: KAN, optimizer: torch.optim.Optimizer |
     shutil.rmtree(old, ignore_errors=True)
 
 
+def recover_checkpoint(folder: Path) -> None:
+    """Finish a swap that a kill interrupted, and remove what killed writes left beside ``folder``.
+
+    Between `save_checkpoint`'s two renames ``folder`` is missing, the previous checkpoint is
+    ``.NAME.old-PID`` and the new one ``.NAME.tmp-PID``, complete (its ``state.json`` is written
+    last): the newest complete one becomes ``folder``. One process at a time (the main one).
+    """
+    folder = Path(folder)
+    leftovers = [*sorted(folder.parent.glob(f".{folder.name}.tmp-*")),
+                 *sorted(folder.parent.glob(f".{folder.name}.old-*"))]  # fmt: skip
+    complete = [path for path in leftovers if (path / "state.json").is_file()]
+    if complete and not (folder / "state.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(complete[0], folder)
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def load_checkpoint(folder: Path) -> tuple[KAN, dict[str, Any] | None, dict[str, Any]] | None:
-    """``(model, optimizer state or None, loop state)`` from a checkpoint folder, or None if there is none."""
+    """``(model, optimizer state or None, loop state)`` from a checkpoint folder, or None if there is none.
+
+    The model's tensors are copied into its own parameters by ``load_state_dict``, the optimiser's
+    are cloned: a resumed run continues bit for bit as the uninterrupted one would have.
+    """
     folder = Path(folder)
     if not (folder / "state.json").is_file():
         return None
     state = json.loads((folder / "state.json").read_text())
-    tensors = load_file(str(folder / "optimizer.safetensors"))
+    # Clones: safetensors' tensors lie in its file buffer, not 64-byte aligned, and torch's vectorised
+    # reductions (L-BFGS's dot products) round differently on unaligned memory, so a resumed run
+    # would part from an uninterrupted one.
+    tensors = {name: t.clone() for name, t in load_file(str(folder / "optimizer.safetensors")).items()}
     optimizer = state.pop("optimizer")
     return KAN.from_pretrained(folder / "model"), unflatten_state(optimizer, tensors) if optimizer else None, state

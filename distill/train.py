@@ -14,9 +14,12 @@ fidelity table measured on held-out rows that training never sees.
   (what small KANs train best with) for a single student on up to ``lbfgs_max_rows`` rows, and Adam
   otherwise (ensembles, large caches), where members must stay independent.
 * **Processes** (``accelerate launch``/torchrun): each process computes the loss on its shard of the
-  training rows and the gradients (and, for L-BFGS, the loss) are averaged across processes with
-  accelerate's collectives before every step, which is what DDP does; the grid updates and the
-  held-out evaluation use all rows on every process, so every process takes the same decisions.
+  training rows (weighted by the shard's share of the rows, as shards may differ by one) and the
+  gradients (and, for L-BFGS, the loss) are averaged across processes with accelerate's collectives
+  before every step, which is what DDP does; the grid updates and the held-out evaluation use all
+  rows on every process, so every process takes the same decisions. The result is the one-process
+  loss and gradient summed in another order: equal to float rounding, not bit for bit, and L-BFGS
+  can carry such differences to a different (about as good) student.
 * **Checkpoints** (`distill.checkpoint`) every ``checkpoint_every`` steps and between phases, with
   the optimiser's state and the cache's fingerprint: a killed run resumes where it stopped, and a
   checkpoint made on another cache or config is refused.
@@ -41,7 +44,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from distill.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
+from distill.checkpoint import load_checkpoint, load_optimizer_state, recover_checkpoint, save_checkpoint
 from distill.fidelity import label_fidelity, scalar_fidelity
 from distill.losses import DEFAULT_LOSS, LOSSES, distillation_loss
 from distill.targets import SoftTargetCache
@@ -240,7 +243,12 @@ class GroupTrainer:
             self.phases += ["refit"]
         self.key = {"cache": cache_fingerprint, "config": asdict(config), "students": [asdict(s) for s in specs]}
         rank, world = accelerator.process_index, accelerator.num_processes
+        if rows < world:
+            raise TrainError(f"students {names}: {rows} training rows cannot be shared by {world} processes")
         self.local_rows = torch.arange(rank, rows, world)
+        # Shards differ by a row when ``world`` does not divide ``rows``: each shard's mean loss is
+        # weighted by its share, so that the average over processes is the mean over all rows.
+        self.shard_weight = len(self.local_rows) * world / rows
 
     # -- the loss, per member, in the units the loss is defined in --
     def member_loss(self, prediction: torch.Tensor, target: torch.Tensor, members: list[int]) -> torch.Tensor:
@@ -288,6 +296,8 @@ class GroupTrainer:
                 else:
                     prediction, reg = model(x), 0.0
                 loss = self.member_loss(prediction.float(), y, members).sum() + reg
+                if self.accelerator.num_processes > 1:
+                    loss = loss * self.shard_weight
             loss.backward()
             return self._average(model, loss)
 
@@ -300,6 +310,9 @@ class GroupTrainer:
         self.accelerator.wait_for_everyone()
 
     def resume(self) -> tuple[KAN, dict | None, dict] | None:
+        if self.accelerator.is_main_process:
+            recover_checkpoint(self.folder)
+        self.accelerator.wait_for_everyone()
         found = load_checkpoint(self.folder)
         if found is None:
             return None

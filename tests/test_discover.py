@@ -6,6 +6,8 @@ import torch
 
 from distill.discover import DiscoverConfig, discover_formula
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # more threads' parallel reductions round differently
+
 
 def samples(n: int, low: float, high: float, d: int, seed: int) -> torch.Tensor:
     return low + torch.rand(n, d, generator=torch.Generator().manual_seed(seed)) * (high - low)

@@ -1,19 +1,21 @@
 """The train stage: fidelity on real teachers, ensembles, processes, resume, and bad input."""
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from distill.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
 from distill.feynman import feynman_teacher
 from distill.targets import SoftTargetCache, generate_targets, sample_inputs
 from distill.train import StudentSpec, TrainConfig, TrainError, distill
@@ -41,11 +43,11 @@ def llama_cache(loan_llama, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_cache(tmp_path_factory):
-    """A smooth two-input MLP teacher, 600 rows: small enough for subprocess runs."""
+    """A smooth two-input MLP teacher, 601 rows (481 to train on: an odd count, shards of unequal size)."""
     torch.manual_seed(0)
     schema = FeatureSchema((NumericFeature("a", -2, 2), NumericFeature("b", 0, 3)))
     teacher = MLPTeacher(MLP([2, 16, 1], "tanh"), schema, ["y"])
-    return generate_targets(teacher, sample_inputs(schema, 600, "lhs", seed=0), tmp_path_factory.mktemp("small") / "t")
+    return generate_targets(teacher, sample_inputs(schema, 601, "lhs", seed=0), tmp_path_factory.mktemp("small") / "t")
 
 
 def test_a_feynman_mlp_teacher_distils_to_r2_0999(tmp_path):
@@ -89,43 +91,88 @@ def test_heads_train_as_one_ensemble_and_each_equals_its_student_alone(llama_cac
 
 
 def run_worker(cache: Path, out: Path, processes: int = 1, **options) -> subprocess.Popen:
+    """The worker in a fresh process (or ``processes`` of them under torchrun, on a free port), on one thread."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    extra = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
-    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                                          "--master_port=29541"]  # fmt: skip
+    extra = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in options.items()]
+    torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    launcher = [] if processes == 1 else torchrun
     command = [sys.executable, *launcher, str(WORKER), str(cache), str(out), *extra]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(process: subprocess.Popen) -> dict:
-    output, _ = process.communicate(timeout=600)
+def finish(process: subprocess.Popen) -> None:
+    output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-3000:]
 
 
-def test_two_processes_reach_the_fidelity_of_one(small_cache, tmp_path):
-    finish(run_worker(small_cache.folder, tmp_path / "one"))
-    finish(run_worker(small_cache.folder, tmp_path / "two", processes=2))
-    one = json.loads((tmp_path / "one" / "worker_fidelity.json").read_text())["y"]
-    two = json.loads((tmp_path / "two" / "worker_fidelity.json").read_text())["y"]
-    assert one["r2"] > 0.999 and two["r2"] > 0.999
-    assert abs(one["r2"] - two["r2"]) < 1e-3, (one, two)  # the loss is averaged in another order
+def worker_result(out: Path, rank: int = 0) -> dict:
+    """``{"fidelity": {...}, "steps": training steps taken}`` of one worker process."""
+    return json.loads((out / f"result-rank{rank}.json").read_text())
 
 
-def test_a_killed_run_resumes_from_its_checkpoint(small_cache, tmp_path):
+def test_two_processes_average_the_gradient_of_one_and_reach_its_fidelity(small_cache, tmp_path):
+    """Data parallelism computes the one-process loss and gradient; the two training paths then part.
+
+    The 481 training rows split 241 + 240: each process takes the mean loss of its shard weighted by
+    the shard's size, and the gradients are averaged, which is the one-process mean summed in
+    another order. So the first gradient agrees to float32 rounding (measured: about 1e-6 of each
+    tensor's largest component; shards weighted equally are off by 2e-4 to 1e-2). L-BFGS then
+    amplifies such differences: merely shuffling the rows of a one-process run moves its final R^2
+    anywhere from 0.990 to 0.9999 (on this cache and a 600-row one), so the two runs are held to the
+    same quality, not the same weights. Every process ends with the same student: each averages the
+    same numbers.
+    """
+    finish(run_worker(small_cache.folder, tmp_path / "one", record_gradient=True))
+    finish(run_worker(small_cache.folder, tmp_path / "two", processes=2, record_gradient=True))
+    one = load_file(tmp_path / "one" / "gradient-rank0.safetensors")
+    two = [load_file(tmp_path / "two" / f"gradient-rank{r}.safetensors") for r in (0, 1)]
+    assert one.keys() == two[0].keys() == two[1].keys() and len(one) > 1
+    for name, want in one.items():
+        assert torch.equal(two[0][name], two[1][name]), name
+        torch.testing.assert_close(two[0][name], want, rtol=1e-5, atol=1e-5 * want.abs().max().item(), msg=name)
+    assert worker_result(tmp_path / "two", 0) == worker_result(tmp_path / "two", 1)
+    fidelity = worker_result(tmp_path / "one")["fidelity"]["r2"], worker_result(tmp_path / "two")["fidelity"]["r2"]
+    assert min(fidelity) > 0.98, fidelity
+
+
+def test_a_run_killed_while_checkpointing_resumes_to_the_same_student(small_cache, tmp_path):
+    """Killed inside its second checkpoint write, a run resumes from the first (mid-phase, with L-BFGS's
+    history) and ends bit for bit where an uninterrupted run with the same settings ends."""
     finish(run_worker(small_cache.folder, tmp_path / "whole", checkpoint_every=10))
-    process = run_worker(small_cache.folder, tmp_path / "killed", checkpoint_every=10, slow=2.0)
-    state = tmp_path / "killed" / "checkpoints" / "y" / "state.json"
-    deadline = time.monotonic() + 120
-    while not state.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    resumed_from = json.loads(state.read_text())
-    assert (resumed_from["phase"], resumed_from["step"]) != (0, 0) and not (tmp_path / "killed" / "students").exists()
+    killed = run_worker(small_cache.folder, tmp_path / "killed", checkpoint_every=10, kill_in_checkpoint=2)
+    output, _ = killed.communicate(timeout=900)
+    assert killed.returncode == -signal.SIGKILL, output[-3000:]
+    state = json.loads((tmp_path / "killed" / "checkpoints" / "y" / "state.json").read_text())
+    assert (state["phase"], state["step"]) == (0, 10) and state["optimizer"]["state"], state
+    assert not (tmp_path / "killed" / "students").exists()
     finish(run_worker(small_cache.folder, tmp_path / "killed", checkpoint_every=10))
-    whole = json.loads((tmp_path / "whole" / "worker_fidelity.json").read_text())["y"]
-    resumed = json.loads((tmp_path / "killed" / "worker_fidelity.json").read_text())["y"]
-    assert resumed["r2"] == pytest.approx(whole["r2"], abs=1e-6), (whole, resumed)
+    students = [load_file(tmp_path / run / "students" / "y" / "model.safetensors") for run in ("whole", "killed")]
+    assert students[0].keys() == students[1].keys()
+    assert all(torch.equal(students[0][n], students[1][n]) for n in students[0]), "the resumed student differs"
+    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["y"]  # the killed write: cleared
+    whole, resumed = worker_result(tmp_path / "whole"), worker_result(tmp_path / "killed")
+    assert resumed == {"fidelity": whole["fidelity"], "steps": whole["steps"] - 10}, (whole, resumed)
+
+
+def test_a_kill_between_the_two_renames_of_a_checkpoint_swap_loses_nothing(tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoints" / "s"
+    save_checkpoint(folder, KAN([2, 2, 1], seed=0), None, {"step": 1})
+    rename = os.replace
+
+    def killed_at_the_second_rename(src, dst):
+        if Path(src).name.startswith(".s.tmp-"):  # the first rename moved the previous checkpoint aside
+            raise KeyboardInterrupt
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(folder, KAN([2, 2, 1], seed=1), None, {"step": 2})
+    monkeypatch.undo()
+    assert not folder.exists() and len(list(folder.parent.iterdir())) == 2
+    recover_checkpoint(folder)
+    model, _, state = load_checkpoint(folder)
+    assert state["step"] == 2 and torch.equal(model.layers[0].coef, KAN([2, 2, 1], seed=1).layers[0].coef)
+    assert [p.name for p in folder.parent.iterdir()] == ["s"]
 
 
 def test_bad_input_is_named(small_cache, tmp_path):
@@ -140,12 +187,11 @@ def test_bad_input_is_named(small_cache, tmp_path):
     with pytest.raises(Exception, match="not a soft-target cache"):
         distill(tmp_path / "nowhere", [StudentSpec("s", ("y",))], tmp_path / "b")
 
-    nan_cache = tmp_path / "nan"
-    shutil.copytree(small_cache.folder, nan_cache)
-    table = datasets.load_from_disk(str(nan_cache / "dataset")).to_dict()
+    # The cache's files are hash-checked and its stage refuses non-finite outputs: a NaN reaches the
+    # train stage only in a cache object built in memory.
+    table = small_cache.dataset.to_dict()
     table["y"][17] = float("nan")
-    shutil.rmtree(nan_cache / "dataset")
-    datasets.Dataset.from_dict(table).save_to_disk(str(nan_cache / "dataset"))
+    nan_cache = dataclasses.replace(small_cache, dataset=datasets.Dataset.from_dict(table))
     with pytest.raises(TrainError, match="column 'y' has a non-finite value at row 17"):
         distill(nan_cache, [StudentSpec("s", ("y",))], tmp_path / "c", TrainConfig(**QUICK))
 
