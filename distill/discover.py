@@ -94,7 +94,15 @@ def discover_formula(
     best: Discovery | None = None
     scores: dict[str, float] = {}
     for width, transform in candidates:
-        if best is not None and (best.r2_validation >= config.exact_r2 or (deadline and time.monotonic() > deadline)):
+        if best is not None and best.r2_validation >= config.exact_r2:
+            break
+        if best is not None and deadline and time.monotonic() > deadline:
+            logger.warning(
+                "discover_formula: the %s s budget ran out before the %s candidate; the result depends "
+                "on this machine's speed (raise the budget)",
+                config.seconds,
+                f"{transform} {width}",
+            )
             break
         forward = torch.log if transform == "log" else (lambda t: t)
         model = KAN(width, grid=config.grid, seed=config.seed)

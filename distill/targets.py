@@ -79,9 +79,7 @@ def sample_inputs(schema: FeatureSchema, n: int, method: str = "uniform", seed: 
         x = np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
     else:
         rng = np.random.default_rng(seed)
-        unit = (
-            qmc.LatinHypercube(d=len(schema), seed=rng).random(n) if method == "lhs" else rng.random((n, len(schema)))
-        )
+        unit = qmc.LatinHypercube(d=len(schema), rng=rng).random(n) if method == "lhs" else rng.random((n, len(schema)))
         x = np.empty_like(unit)
         for j, feature in enumerate(schema.features):
             if isinstance(feature, CategoricalFeature):

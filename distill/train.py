@@ -51,6 +51,7 @@ from distill.targets import SoftTargetCache
 from students import KAN
 from students.persistence import atomic_write_bytes
 from teachers.base import hash_json
+from teachers.names import InvalidNameError, check_slug
 from teachers.schema import FeatureSchema
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ class StudentSpec:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        try:
+            check_slug(self.name, "student name")
+        except InvalidNameError as err:
+            raise TrainError(str(err)) from None
         object.__setattr__(self, "targets", tuple(self.targets))
         if self.kind not in LOSSES:
             raise TrainError(f"student {self.name!r}: kind must be one of {sorted(LOSSES)}, got {self.kind!r}")

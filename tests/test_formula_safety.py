@@ -381,7 +381,7 @@ def nodes(children: st.SearchStrategy) -> st.SearchStrategy:
 
 
 TREES = st.recursive(LEAVES, nodes, max_leaves=24)
-FUZZ = settings(max_examples=300, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300, deadline=20_000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def assert_finite_and_storable(expr: sympy.Expr, variables: list[str]) -> None:

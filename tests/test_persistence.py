@@ -339,7 +339,7 @@ def write_student(folder: Path, config, tensors: dict[str, torch.Tensor]) -> Non
 
 
 @settings(
-    max_examples=200, deadline=2000, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=200, deadline=20_000, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 @given(config_edit=st.none() | CONFIG_EDITS, tensor_edit=st.none() | tensor_edits())
 def test_fuzzed_students_load_correctly_or_are_refused(config_edit, tensor_edit):

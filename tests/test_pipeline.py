@@ -236,7 +236,7 @@ def test_the_cli_runs_unchanged_on_two_processes(tmp_path):
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump({**SMALL, "inputs": {"rows": 600, "shard_size": 150}}))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     command = [*launch, "-m", "pipelines.cli", "run", str(config), "--out", str(tmp_path / "run")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -181,7 +181,7 @@ def test_fuzzed_configs_validate_or_fail_with_a_config_error():
 
     base = {"teacher": {"kind": "feynman_mlp"}, "students": [{"name": "s", "targets": ["I.12.1"]}]}
 
-    @settings(max_examples=300, deadline=2000, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=300, deadline=20_000, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(st.dictionaries(st.sampled_from([*SMALL, "features", "extract"]), config_values(), max_size=4),
            config_values())  # fmt: skip
     def check(change, whole):
@@ -192,3 +192,28 @@ def test_fuzzed_configs_validate_or_fail_with_a_config_error():
                 assert len(str(err)) < 5000
 
     check()
+
+
+def test_cli_student_names_are_slugs_and_a_tampered_student_is_bad_input(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from distill.targets import generate_targets, sample_inputs
+    from teachers.mlp import MLP, MLPTeacher
+    from teachers.schema import FeatureSchema, NumericFeature
+
+    torch.manual_seed(0)
+    schema = FeatureSchema((NumericFeature("a", -1, 1), NumericFeature("b", -1, 1)))
+    generate_targets(MLPTeacher(MLP([2, 4, 1], "tanh"), schema, ["y"]), sample_inputs(schema, 100, "lhs", seed=0),
+                     tmp_path / "cache")  # fmt: skip
+    train = ["train", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--hidden", "2"]
+    assert main([*train, "--student", "../escape=y"]) == 2
+    assert "student name: '../escape' is not a simple name" in capsys.readouterr().err
+    assert not (tmp_path / "escape").exists()
+    assert main([*train, "--student", "s=y", "--steps", "5", "--refine-grid", "0"]) == 0
+    config = tmp_path / "out" / "students" / "s" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "width": [30000, 30000]}))
+    capsys.readouterr()
+    assert main(["inspect", str(config.parent)]) == 2
+    assert "config.json" in capsys.readouterr().err

@@ -34,7 +34,7 @@ def run_worker(out: Path, processes: int = 1, slow: float = 0.0) -> subprocess.P
         command = [sys.executable, str(WORKER), str(out), "--slow", str(slow)]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_port", "29533", str(WORKER), str(out), "--slow", str(slow)]  # fmt: skip
+                   "--standalone", str(WORKER), str(out), "--slow", str(slow)]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
