@@ -174,7 +174,7 @@ def build_embedded(config: RunConfig, folder: RunFolder) -> None:
             written = []
         _clear(folder.teacher, ("stamp.json", *(n for n in written if isinstance(n, str) and n.isprintable()
                                                 and "/" not in n and n not in (".", ".."))))  # fmt: skip
-    logger.info("teacher: building the embedded %s teacher into %s (once)", spec.kind, folder.teacher)
+    logger.info("teacher: building the %s teacher into %s (once)", spec.kind, folder.teacher)
     if spec.kind == "embedded_llama":
         build_loan_llama(folder.teacher, LoanRule(**spec.rule.model_dump()), steps=spec.train_steps)
     else:
