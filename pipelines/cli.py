@@ -18,6 +18,7 @@ from distill.targets import CacheError
 from distill.train import StudentSpec, TrainConfig, TrainError, distill
 from pipelines.config import ConfigError, load_config
 from pipelines.demo import run_demo
+from pipelines.render import find_chromium, print_pdf
 from pipelines.runner import STAGES, RunFolderError, run
 from pipelines.surrogate import Surrogate, SurrogateError
 from students.persistence import StudentFileError
@@ -33,11 +34,16 @@ BAD_INPUT = (ConfigError, CacheError, TrainError, TeacherError, SchemaError, For
 
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     config = load_config(args.config)
+    pdf = getattr(args, "pdf", False)
+    if pdf:
+        find_chromium()  # before any work: a missing browser is a clear error (exit 2)
     out = Path(args.out) if args.out else Path("runs") / config.name
     folder = run(config, out, stages, progress=not args.quiet)
     print(f"{', '.join(stages)}: done in {folder.root}")
     if "audit" in stages:
         print(f"Report: {folder.report / 'index.html'}")
+    if pdf:
+        print(f"PDF: {print_pdf(folder.report / 'index.html', folder.report / 'report.pdf')}")
     return 0
 
 
@@ -133,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("config", help="run config (YAML)")
         command.add_argument("--out", help="run folder (default: runs/NAME from the config)")
+        if name == "audit":
+            command.add_argument("--pdf", action="store_true", help="also print report/report.pdf (headless Chromium)")
         command.set_defaults(handler=lambda args, stages=stages: _run_stages(args, stages))
 
     train = commands.add_parser(

@@ -169,6 +169,15 @@ class ChecksConfig(Strict):
     protected: list[str] = Field(default_factory=list, max_length=MAX_FEATURES)
     protected_threshold: PositiveFloat = 0.1
     rows: Annotated[int, Field(gt=0, le=100_000)] = 1000
+    reference: dict[str, Annotated[str, Field(max_length=MAX_VALUE_CHARS)]] = Field(
+        default_factory=dict, max_length=MAX_FEATURES
+    )  # the value each protected attribute's effects are measured against (default: its first value)
+
+
+class AuditSection(Strict):
+    """The audit stage's output: ``pdf: true`` also prints ``report/report.pdf`` (headless Chromium)."""
+
+    pdf: bool = False
 
 
 class RunConfig(Strict):
@@ -180,6 +189,7 @@ class RunConfig(Strict):
     train: TrainSection = Field(default_factory=TrainSection)
     extract: ExtractSection = Field(default_factory=ExtractSection)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    audit: AuditSection = Field(default_factory=AuditSection)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -209,6 +219,12 @@ class RunConfig(Strict):
                 unknown = [n for n in names_ if n not in schema.names]
                 if unknown:
                     raise ValueError(f"{field}: unknown feature {unknown[0]!r}; the features are {schema.names}")
+            for name, value in self.checks.reference.items():
+                if name not in self.checks.protected:
+                    raise ValueError(f"checks.reference: {name!r} is not in checks.protected {self.checks.protected}")
+                values = getattr(schema.features[schema.names.index(name)], "values", None)
+                if values is not None and value not in values:
+                    raise ValueError(f"checks.reference.{name}: unknown value {value!r}; the values are {list(values)}")
         return self
 
     def schema(self) -> FeatureSchema | None:

@@ -1,55 +1,63 @@
-"""The audit stage: declared checks on the teacher and the students, plots, and the report.
+"""The audit stage: declared checks on the teacher and the students, and what the report says.
 
-For every student: its formula (LaTeX, rendered to PNG with matplotlib's mathtext, so the report
-needs no script from the network), a plot per feature of the student's partial dependence over the
-feature's range with the data's density below it, feature importance (the spread of each partial
-dependence), fidelity (student vs teacher, formula vs teacher, on held-out rows) and the checks:
+For every student: its formula, a plot per feature of the student's partial dependence over the
+feature's range with the data's density below it (`pipelines.plots`), feature importance (the spread
+of each partial dependence), fidelity (student vs teacher, formula vs teacher, on held-out rows) and
+the checks:
 
-* ``monotonic: {feature: increasing}``: each held-out row against the same row with the feature
-  moved up by a tenth of its range; the fraction of pairs where the output moves the wrong way,
-  on the teacher and on the student;
-* ``protected: [feature]``: counterfactual flips on the **teacher itself** (the same inputs with only
-  the protected attribute changed, run through the teacher again) and as the student predicts them:
-  the mean absolute change of the output (the log-odds for a label set), the fraction of decisions
-  that flip, and a verdict against ``protected_threshold``.
+* ``monotonic: {feature: increasing}``: each audited row against the same row with the feature moved
+  up by a tenth of its range; the fraction of pairs where the output moves the wrong way, on the
+  teacher and on the student, each with its 95% bootstrap interval;
+* ``protected: [feature]``: counterfactuals on the **teacher itself** (each audited row with only the
+  protected attribute set to each of its values, run through the teacher again) and as the student
+  predicts them; the statistics are `pipelines.checks`' (signed effects against the reference value
+  with bootstrap intervals, verdicts by a stated rule, outcomes per group, the effect binned by each
+  other numeric feature).
 
-Writes ``report/index.html`` (no external resources), ``report.md``, ``plots/*.png``,
-``provenance.json``, and a model card (``README.md`` with Hugging Face metadata) in each student
-folder.
+`pipelines.render` writes ``report/index.html`` (one file: images as data URIs), ``report.md``, each
+student's model card and, on request, ``report.pdf``; this module writes ``provenance.json`` and
+``audit.json``, the audit as data::
 
-Every name, label, template, value and formula is data from a file or a config: it is escaped for
-HTML (``html.escape``, attributes in double quotes), for Markdown (`md_text`, `md_code`) and for
-matplotlib (`plain_text`), and no file name is made from it (plots are named by index, `plot_slug`).
+    {"findings": [sentence, ...],
+     "students": {NAME: {
+        "fidelity": {metric: value}, "importance": {feature: spread}, "formula": text or null,
+        "monotonic": [{"feature", "direction", "rows", "teacher_violations", "teacher_violations_ci": [lo, hi],
+                       "student_violations", "student_violations_ci"}],
+        "protected": [{"feature", "reference", "threshold", "rule", "verdict" ("flagged" | "review" | "not flagged"),
+                       "effects": [{"value", "reference", "rows", "teacher_effect", "teacher_ci", "student_effect",
+                                    "student_ci", "verdict", and for label sets "teacher_flip_rate", "teacher_flip_ci",
+                                    "student_flip_rate", "student_flip_ci"}],
+                       "groups": {"groups": [{"value", "rows", "mean_output", "positive_rate"}],
+                                  "rate_ratio", "four_fifths"},
+                       "where": [{"feature", "bins": [{"low", "high", "rows", "effect", "ci"}], "sentence"}],
+                       "teacher_mean_abs_change"}]}}}
+
+Intervals are 95% percentile bootstraps over the audited rows (seeded: a rerun gives the same report).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import logging
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-import yaml
 
 from distill.targets import SoftTargetCache, library_versions
 from distill.train import split_rows
+from pipelines import checks
 from pipelines.config import RunConfig
+from pipelines.plots import formula_image, importance_plot, plot_slug, shape_plot
+from pipelines.render import VERDICT_WORDS, model_card, output_unit, print_pdf, write_html, write_markdown
 from pipelines.runner import RunFolder, build_teacher, student_specs
 from pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
 from students.persistence import atomic_write_bytes
 from teachers.base import Teacher, hash_json
-from teachers.schema import CategoricalFeature
+from teachers.schema import CategoricalFeature, FeatureSchema
 
 logger = logging.getLogger(__name__)
 
@@ -71,38 +79,6 @@ class StudentAudit:
     monotonic: list[dict] = field(default_factory=list)
     protected: list[dict] = field(default_factory=list)
     shapes: dict[str, str] = field(default_factory=dict)
-
-
-def h(value: Any) -> str:
-    """Text or an attribute value for HTML (attributes are always written in double quotes)."""
-    return html.escape(_fmt(value), quote=True)
-
-
-def md_text(value: Any) -> str:
-    """Text for Markdown prose, a list item or a table cell: one line, and no character that would
-    start HTML, a link, a code span, emphasis, a heading or a table cell (backslash-escaped)."""
-    return re.sub(r"([\\`*\[\]<>|#])", r"\\\1", " ".join(_fmt(value).splitlines()))
-
-
-def md_code(value: Any) -> str:
-    """A Markdown code span of one line, shown verbatim: its fence is longer than any run of backticks in it.
-
-    Not for table cells (a ``|`` would end the cell there); use `md_text`.
-    """
-    text = " ".join(_fmt(value).splitlines())
-    fence = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text[:1] == "`" or text[-1:] == "`" or (text[:1] == " " and text[-1:] == " ") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
-def plain_text(value: Any) -> str:
-    """Text for matplotlib, which reads text between two ``$`` as mathtext (and fails on a bad one)."""
-    return _fmt(value).replace("$", r"\$")
-
-
-def plot_slug(name: str) -> str:
-    """The ASCII letters and digits of ``name`` (at most 40) for a plot's file name, which also holds indexes."""
-    return re.sub(r"[^A-Za-z0-9]", "", name)[:40] or "feature"
 
 
 TEACHER_FIELDS = {
@@ -174,44 +150,45 @@ def teacher_output(teacher: Teacher, targets: tuple[str, ...], kind: str, batch:
 
 
 def monotonic_check(teacher_fn, student_fn, x: np.ndarray, j: int, low: float, high: float, direction: str) -> dict:
-    """Fraction of ``(x, x + step e_j)`` pairs whose output moves against ``direction`` (teacher, student)."""
+    """Fraction of ``(x, x + step e_j)`` pairs whose output moves against ``direction`` (teacher, student),
+    each with its 95% bootstrap interval over rows."""
     step = (high - low) / 10
     start = np.clip(x[:, j], low, high - step)
     lower, upper = x.copy(), x.copy()
     lower[:, j], upper[:, j] = start, start + step
     sign = 1 if direction == "increasing" else -1
-    result = {}
+    result = {"rows": len(x)}
     for who, fn in (("teacher", teacher_fn), ("student", student_fn)):
-        change = sign * (fn(upper) - fn(lower))
-        result[f"{who}_violations"] = float(np.mean(change < -1e-6))
+        violated = (sign * (fn(upper) - fn(lower)) < -1e-6).astype(np.float64)
+        result[f"{who}_violations"] = float(violated.mean())
+        result[f"{who}_violations_ci"] = checks.bootstrap_ci(violated)
     return result
 
 
-def protected_check(teacher_fn, student_fn, x: np.ndarray, j: int, n_values: int, labels: bool,
-                    threshold: float) -> dict:  # fmt: skip
-    """Change every row's protected attribute to each other value; measure on the teacher and the student."""
-    base_teacher, base_student = teacher_fn(x), student_fn(x)
-    teacher_changes, student_changes, flips, student_flips = [], [], [], []
-    for shift in range(1, n_values):
-        flipped = x.copy()
-        flipped[:, j] = (x[:, j] + shift) % n_values
-        t, s = teacher_fn(flipped), student_fn(flipped)
-        teacher_changes.append(t - base_teacher)
-        student_changes.append(s - base_student)
-        flips.append(np.sign(t) != np.sign(base_teacher))
-        student_flips.append(np.sign(s) != np.sign(base_student))
-    teacher_change = float(np.mean(np.abs(np.concatenate(teacher_changes))))
-    result = {
-        "teacher_mean_abs_change": teacher_change,
-        "teacher_mean_change": float(np.mean(np.concatenate(teacher_changes))),
-        "student_mean_abs_change": float(np.mean(np.abs(np.concatenate(student_changes)))),
-        "threshold": threshold,
-        "verdict": "flagged" if teacher_change > threshold else "not flagged",
-    }
-    if labels:
-        result["teacher_decision_flips"] = float(np.mean(np.concatenate(flips)))
-        result["student_decision_flips"] = float(np.mean(np.concatenate(student_flips)))
-    return result
+def protected_check(teacher_fn, student_fn, x: np.ndarray, schema: FeatureSchema, j: int, reference: str | None,
+                    labels: bool, threshold: float) -> dict:  # fmt: skip
+    """Set every audited row's protected attribute ``j`` to each of its values and run the teacher (and the student)
+    again: the signed effects against the reference value (`checks.pairwise_effects`), the outcomes per value
+    of the rows as they are, and the strongest effect binned by each other numeric feature."""
+    feature = schema.features[j]
+    teacher, student = {}, {}
+    for code, value in enumerate(feature.values):
+        moved = x.copy()
+        moved[:, j] = code
+        teacher[value], student[value] = teacher_fn(moved), student_fn(moved)
+    reference = reference or feature.values[0]
+    effects = checks.pairwise_effects(teacher, student, reference, labels, threshold)
+    top = checks.strongest(effects)
+    change = teacher[top["value"]] - teacher[reference]
+    numeric = [i for i, other in enumerate(schema.features) if i != j and not isinstance(other, CategoricalFeature)]
+    where = [checks.binned_effect(change, x[:, i], schema.features[i].name) for i in numeric]
+    return {
+        "feature": feature.name, "reference": reference, "threshold": threshold, "rule": checks.rule(threshold),
+        "verdict": checks.overall_verdict([e["verdict"] for e in effects]), "effects": effects,
+        "groups": checks.group_outcomes(x[:, j].astype(int), list(feature.values), teacher_fn(x), labels),
+        "where": where,
+        "teacher_mean_abs_change": float(np.mean([np.abs(t - teacher[reference]).mean() for t in teacher.values()])),
+    }  # fmt: skip
 
 
 def partial_dependence(predict, x: np.ndarray, j: int, values: np.ndarray) -> np.ndarray:
@@ -222,61 +199,6 @@ def partial_dependence(predict, x: np.ndarray, j: int, values: np.ndarray) -> np
         moved[:, j] = value
         out.append(predict(moved).mean())
     return np.asarray(out)
-
-
-def shape_plot(path: Path, feature, values: np.ndarray, dependence: np.ndarray, data: np.ndarray, ylabel: str,
-               min_span: float = 0.0) -> None:  # fmt: skip
-    """The partial dependence over the feature's range, with the data's density below it.
-
-    The y axis spans at least ``min_span``, so that a feature with almost no effect looks flat
-    instead of having its noise magnified to fill the plot.
-    """
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.2, 3.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    if isinstance(feature, CategoricalFeature):
-        top.bar(values, dependence, color="#3b6ea8")
-        counts = np.bincount(data.astype(int), minlength=len(feature.values))
-        bottom.bar(values, counts, color="#999999")
-        bottom.set_xticks(values, [plain_text(v) for v in feature.values])
-    else:
-        top.plot(values, dependence, color="#3b6ea8", lw=2)
-        bottom.hist(data, bins=30, color="#999999")
-    middle, half = (dependence.max() + dependence.min()) / 2, max(np.ptp(dependence), min_span) / 2
-    if not isinstance(feature, CategoricalFeature):
-        top.set_ylim(middle - 1.1 * half, middle + 1.1 * half)
-    top.set_ylabel(plain_text(ylabel), fontsize=8)
-    top.set_title(f"{plain_text(feature.name)}: shape (partial dependence)", fontsize=9)
-    bottom.set_ylabel("rows", fontsize=8)
-    bottom.set_xlabel(plain_text(feature.name), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def formula_image(path: Path, latex: str, text: str) -> None:
-    """The formula typeset by matplotlib's mathtext (plain text when mathtext cannot parse it).
-
-    ``latex`` comes from a formula file: mathtext only lays it out (it runs nothing), and the worst it can do is fail.
-    """
-    fig = plt.figure(figsize=(0.1, 0.1))
-    try:
-        fig.text(0, 0, f"${latex}$", fontsize=15)
-        fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)
-    except ValueError:
-        fig.clf()
-        fig.text(0, 0, plain_text(text), fontsize=12, family="monospace")
-        fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)
-    plt.close(fig)
-
-
-def importance_plot(path: Path, importance: dict[str, float]) -> None:
-    names = sorted(importance, key=importance.get)
-    fig, ax = plt.subplots(figsize=(4.2, 0.4 + 0.35 * len(names)))
-    ax.barh(range(len(names)), [importance[n] for n in names], color="#3b6ea8")
-    ax.set_yticks(range(len(names)), [plain_text(n) for n in names])
-    ax.set_xlabel("spread of the partial dependence", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def code_version() -> str:
@@ -331,23 +253,45 @@ def audit_student(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, 
         formula_image(plots / f"{index}_formula.png", formula.latex[0], formula.text[0])
         audit.plots["formula"] = f"plots/{index}_formula.png"
 
-    checks = config.checks
-    for feature_name, direction in checks.monotonic.items():
+    declared = config.checks
+    for feature_name, direction in declared.monotonic.items():
         j = schema.names.index(feature_name)
         feature = schema.features[j]
         categorical = isinstance(feature, CategoricalFeature)
         low, high = (0.0, len(feature.values) - 1.0) if categorical else (feature.low, feature.high)
         result = monotonic_check(teacher_fn, student_fn, x_val, j, low, high, direction)
         audit.monotonic.append({"feature": feature_name, "direction": direction, **result})
-    for feature_name in checks.protected:
+    for feature_name in declared.protected:
         j = schema.names.index(feature_name)
         feature = schema.features[j]
         if not isinstance(feature, CategoricalFeature):
             raise ValueError(f"checks.protected: {feature_name!r} is numeric; protected attributes are categorical")
-        result = protected_check(teacher_fn, student_fn, x_val, j, len(feature.values), spec.kind == "labels",
-                                 checks.protected_threshold)  # fmt: skip
-        audit.protected.append({"feature": feature_name, **result})
+        audit.protected.append(protected_check(teacher_fn, student_fn, x_val, schema, j,
+                                               declared.reference.get(feature_name), spec.kind == "labels",
+                                               declared.protected_threshold))  # fmt: skip
     return audit
+
+
+def effect_sentence(audit: StudentAudit, check: dict) -> str:
+    """The strongest signed effect of a protected attribute, in words, with its interval, rule and verdict."""
+    top = checks.strongest(check["effects"])
+    low, high = top["teacher_ci"]
+    flips = f"; {top['teacher_flip_rate']:.1%} of decisions change" if "teacher_flip_rate" in top else ""
+    return (f"{audit.name}: {check['feature']} {top['value']} gets {top['teacher_effect']:+.2f} {output_unit(audit)} "
+            f"({checks.LEVEL:.0%} CI {low:+.2f} to {high:+.2f}, {top['rows']:,} rows) against identical inputs with "
+            f"{check['feature']} {check['reference']}{flips} (rule: the CI against ±{check['threshold']:g}): "
+            f"{VERDICT_WORDS[check['verdict']]}.")  # fmt: skip
+
+
+def group_sentence(audit: StudentAudit, check: dict) -> str | None:
+    """The positive-decision rate per value, and the four-fifths rule (label sets only)."""
+    groups = check["groups"]
+    if "rate_ratio" not in groups:
+        return None
+    rates = ", ".join(f"{g['value']} {g['positive_rate']:.1%}" for g in groups["groups"] if g["rows"])
+    return (f"{audit.name}: positive decisions by {check['feature']} on the audited inputs: {rates}; lowest to "
+            f"highest {groups['rate_ratio']:.2f} (four-fifths rule, at least {checks.FOUR_FIFTHS:g}: "
+            f"{groups['four_fifths']}).")  # fmt: skip
 
 
 def headline(audits: list[StudentAudit]) -> list[str]:
@@ -355,12 +299,11 @@ def headline(audits: list[StudentAudit]) -> list[str]:
     lines = []
     for audit in audits:
         for check in audit.protected:
-            verdict = "FLAGGED" if check["verdict"] == "flagged" else "not flagged"
-            flips = (f", and flips {check['teacher_decision_flips']:.1%} of decisions"
-                     if "teacher_decision_flips" in check else "")  # fmt: skip
-            lines.append(f"{audit.name}: changing only {check['feature']} moves the teacher's {audit.output} by "
-                         f"{check['teacher_mean_abs_change']:.3f} on average{flips} (threshold "
-                         f"{check['threshold']}): {verdict}.")  # fmt: skip
+            lines.append(effect_sentence(audit, check))
+            if sentence := group_sentence(audit, check):
+                lines.append(sentence)
+            lines += [f"{audit.name}: where the {check['feature']} effect lives: {where['sentence']}."
+                      for where in check["where"] if where["sentence"]]  # fmt: skip
         for check in audit.monotonic:
             lines.append(f"{audit.name}: {check['direction']} in {check['feature']}? violated by "
                          f"{check['teacher_violations']:.1%} of input pairs on the teacher, "
@@ -370,131 +313,6 @@ def headline(audits: list[StudentAudit]) -> list[str]:
             lines.append(f"{audit.name}: {audit.formula.targets[0]} ≈ {audit.formula.text[0]} "
                          f"({scores} against the teacher).")  # fmt: skip
     return lines
-
-
-def _table(rows: dict[str, Any]) -> str:
-    cells = "".join(f"<tr><th>{h(k)}</th><td>{h(v)}</td></tr>" for k, v in rows.items())
-    return f"<table>{cells}</table>"
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.5g}" if isinstance(value, float) else str(value)
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222;line-height:1.45}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em}table{border-collapse:collapse;margin:.5em 0}
-th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;font-size:.92em}.flagged{color:#b00020;font-weight:600}
-.plots img{margin:.3em;border:1px solid #eee}img{max-width:100%}code{background:#f4f4f4;padding:.1em .3em}"""
-
-REMOTE_CODE = "The teacher was loaded with its model folder's own Python code, which ran on this machine."
-
-
-def write_html(
-    path: Path, config: RunConfig, audits: list[StudentAudit], findings: list[str], provenance: dict
-) -> None:
-    """``index.html``: one page, no scripts and no external resources; every value from a file or config escaped."""
-    parts = [f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kandistill audit: '
-             f"{h(config.name)}</title><style>{CSS}</style></head><body>",
-             f"<h1>Audit report: {h(config.name)}</h1>",
-             '<section id="summary"><h2>Summary</h2><ul>']  # fmt: skip
-    for line in findings:
-        css = ' class="flagged"' if "FLAGGED" in line else ""
-        parts.append(f"<li{css}>{h(line)}</li>")
-    parts.append("</ul></section>")
-    for audit in audits:
-        parts.append(f'<section id="student-{h(audit.name)}"><h2>Student <code>{h(audit.name)}</code>: '
-                     f"{h(audit.output)}</h2>")  # fmt: skip
-        if audit.formula:
-            parts.append(f'<h3>Formula</h3><p><img src="{h(audit.plots["formula"])}" alt="formula"></p>'
-                         f"<p><code>{h(audit.formula.targets[0])} = {h(audit.formula.text[0])}</code></p>")  # fmt: skip
-        parts.append("<h3>Fidelity on held-out inputs</h3><table><tr><th></th><th>measure</th><th>value</th></tr>")
-        formula_scores = audit.formula.fidelity_vs_teacher if audit.formula else {}
-        for who, scores in (("student vs teacher", audit.fidelity), ("formula vs teacher", formula_scores)):
-            for k, v in scores.items():
-                parts.append(f"<tr><td>{who}</td><td>{h(k)}</td><td>{h(v)}</td></tr>")
-        parts.append('</table><h3>Shape functions</h3><div class="plots">')
-        for name, src in audit.shapes.items():
-            parts.append(f'<img src="{h(src)}" alt="shape of {h(name)}">')
-        parts.append(f'</div><h3>Feature importance</h3><img src="{h(audit.plots["importance"])}" alt="importance">')
-        parts.append(_table({k: v for k, v in sorted(audit.importance.items(), key=lambda kv: -kv[1])}))
-        parts.append("<h3>Declared checks</h3>")
-        if not (audit.monotonic or audit.protected):
-            parts.append("<p>No checks declared.</p>")
-        for check in audit.monotonic + audit.protected:
-            css = ' class="flagged"' if check.get("verdict") == "flagged" else ""
-            parts.append(f"<div{css}>{_table(check)}</div>")
-        parts.append("</section>")
-    parts.append('<section id="provenance"><h2>Provenance</h2>')
-    if provenance.get("trust_remote_code"):
-        parts.append(f'<p class="flagged">trust_remote_code: true. {h(REMOTE_CODE)}</p>')
-    parts.append(_table({k: v for k, v in provenance.items() if not isinstance(v, dict)}))
-    parts.append("<h3>Library versions</h3>" + _table(provenance.get("libraries", {})))
-    parts.append("<h3>Config (the teacher's fields of its kind only)</h3>"
-                 f"<pre>{h(json.dumps(provenance['config'], indent=1, default=str))}</pre></section>")  # fmt: skip
-    parts.append("</body></html>")
-    atomic_write_bytes(path, "\n".join(parts).encode())
-
-
-def _check_line(check: dict) -> str:
-    return ", ".join(f"{md_text(k)}: {md_text(v)}" for k, v in check.items())
-
-
-def write_markdown(path: Path, config: RunConfig, audits: list[StudentAudit], findings: list[str],
-                   provenance: dict) -> None:  # fmt: skip
-    """``report.md``: names and values in code spans or escaped (`md_code`, `md_text`), never raw Markdown."""
-    lines = [f"# Audit report: {md_text(config.name)}", "", "## Summary", "",
-             *[f"- {md_text(line)}" for line in findings], ""]  # fmt: skip
-    for audit in audits:
-        lines += [f"## Student {md_code(audit.name)}: {md_text(audit.output)}", ""]
-        if audit.formula:
-            shown = md_code(f"{audit.formula.targets[0]} = {audit.formula.text[0]}")
-            lines += [f"![formula]({audit.plots['formula']})", "", shown, "",
-                      f"LaTeX: {md_code(audit.formula.latex[0])}", ""]  # fmt: skip
-        lines += ["| | measure | value |", "|---|---|---|"]
-        lines += [f"| student vs teacher | {md_text(k)} | {md_text(v)} |" for k, v in audit.fidelity.items()]
-        if audit.formula:
-            lines += [f"| formula vs teacher | {md_text(k)} | {md_text(v)} |"
-                      for k, v in audit.formula.fidelity_vs_teacher.items()]  # fmt: skip
-        lines += ["", "### Shape functions", ""]
-        lines += [f"![{md_text(name)}]({src})" for name, src in audit.shapes.items()]
-        lines += ["", "### Feature importance", "", f"![importance]({audit.plots['importance']})", ""]
-        lines += [f"- {md_text(k)}: {md_text(v)}" for k, v in sorted(audit.importance.items(), key=lambda kv: -kv[1])]
-        lines += ["", "### Declared checks", ""]
-        lines += [f"- {_check_line(check)}" for check in audit.monotonic + audit.protected] or ["No checks declared."]
-        lines.append("")
-    lines += ["## Provenance", ""]
-    if provenance.get("trust_remote_code"):
-        lines += [f"**trust_remote_code: true**. {md_text(REMOTE_CODE)}", ""]
-    lines += [f"- {md_text(k)}: {md_text(v)}" for k, v in provenance.items() if not isinstance(v, dict)]
-    lines += ["", "| library | version |", "|---|---|"]
-    lines += [f"| {md_text(k)} | {md_text(v)} |" for k, v in provenance.get("libraries", {}).items()]
-    lines.append("")
-    atomic_write_bytes(path, "\n".join(lines).encode())
-
-
-def model_card(folder: Path, audit: StudentAudit, provenance: dict) -> None:
-    """``README.md`` with Hugging Face metadata (YAML written by ``yaml.safe_dump``), in the student's folder."""
-    kind = "tabular-classification" if audit.output.startswith("logodds") else "tabular-regression"
-    formula = audit.formula.text[0] if audit.formula else "not extracted"
-    metrics = [{" ".join(str(k).splitlines()): float(v)} for k, v in audit.fidelity.items()]
-    header = {"library_name": "kandistill", "pipeline_tag": kind, "tags": ["kan", "distillation", "interpretability"],
-              "metrics": metrics}  # fmt: skip
-    scores = ", ".join(f"{md_text(k)} {md_text(v)}" for k, v in audit.fidelity.items())
-    text = f"""---
-{yaml.safe_dump(header, sort_keys=False, allow_unicode=True)}---
-
-# KAN student {md_code(audit.name)}
-
-A Kolmogorov-Arnold Network distilled from the teacher {md_code(provenance["teacher_model"])} (fingerprint
-{md_code(str(provenance["teacher_fingerprint"])[:16])}) by kandistill. It predicts {md_code(audit.output)}.
-
-- Formula: {md_code(formula)}
-- Held-out fidelity to the teacher: {scores}
-- Load: `pipelines.surrogate.Surrogate.from_folder(path)` or `students.KAN.from_pretrained(path)`
-  (inputs scaled as recorded in `student.json`).
-- Code: {md_text(provenance["code_version"])}
-"""
-    atomic_write_bytes(folder / "README.md", text.encode())
 
 
 def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) -> Path:
@@ -508,6 +326,8 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) ->
     stamp_path = report / "stamp.json"
     if stamp_path.is_file() and json.loads(stamp_path.read_text()).get("stamp") == stamp:
         logger.info("audit: unchanged, skipped")
+        if config.audit.pdf and not (report / "report.pdf").is_file():
+            print_pdf(report / "index.html", report / "report.pdf")
         return report / "index.html"
     plots = report / "plots"
     shutil.rmtree(plots, ignore_errors=True)  # the plots of an earlier audit (other students, other features)
@@ -528,5 +348,7 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) ->
                "monotonic": a.monotonic, "protected": a.protected,
                "formula": a.formula.text[0] if a.formula else None} for a in audits}}  # fmt: skip
     atomic_write_bytes(report / "audit.json", json.dumps(summary, indent=2).encode())
+    if config.audit.pdf:
+        print_pdf(report / "index.html", report / "report.pdf")
     atomic_write_bytes(stamp_path, json.dumps({"stamp": stamp}).encode())
     return report / "index.html"

@@ -1,5 +1,6 @@
 """The pipeline end to end: the demo's report, a real browser, the audit's verdicts, resume, bad configs."""
 
+import base64
 import json
 import os
 import re
@@ -58,10 +59,16 @@ def test_the_demo_report_holds_formulas_plots_and_verdicts(demo):
     assert "gender" in markdown and "FLAGGED" in markdown and "logodds[yes-no] = " in markdown
     parser = Images()
     parser.feed((report / "index.html").read_text())
-    assert parser.sections == ["summary", "student-decision", "provenance"]
+    assert parser.sections == ["summary", "teacher", "student-decision", "provenance"]
     assert len(parser.images) == 6  # formula, 4 shape functions, importance
-    for src in parser.images:
-        assert (report / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+    for src in parser.images:  # one file: every image is embedded
+        assert src.startswith("data:image/png;base64,") and base64.b64decode(src[22:])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "teacher_mean_abs_change" not in markdown and "Prompt template (verbatim" in markdown
+    check = json.loads((report / "audit.json").read_text())["students"]["decision"]["protected"][0]
+    female = next(e for e in check["effects"] if e["value"] == "female")
+    assert check["reference"] == "male" and female["teacher_effect"] < 0 and female["teacher_ci"][1] < 0
+    assert female["teacher_ci"][0] <= female["teacher_effect"] <= female["teacher_ci"][1]
+    assert check["verdict"] == "flagged" and female["verdict"] == "flagged"
     provenance = json.loads((report / "provenance.json").read_text())
     assert len(provenance["teacher_fingerprint"]) == 64 and provenance["libraries"]["torch"] == torch.__version__
     card = (out / "loan" / "train" / "students" / "decision" / "README.md").read_text()
@@ -99,7 +106,7 @@ window.addEventListener("load", () => {
         copy.unlink()
     check = json.loads(re.search(r'<pre id="render-check">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
     assert check["broken"] == [] and check["images"] == 6, check
-    assert check["sections"] == ["summary", "student-decision", "provenance"]
+    assert check["sections"] == ["summary", "teacher", "student-decision", "provenance"]
 
 
 def test_the_planted_rule_is_recovered_in_the_formula(demo):

@@ -201,7 +201,7 @@ def verdicts(printed: str) -> set[tuple[str, ...]]:
     on the teacher or not, formulas recovered or not (numbers aside: the quick demo is smaller)."""
     found = set()
     for line in printed.splitlines():
-        if match := re.search(r"changing only (\w+) .*: (FLAGGED|not flagged)\.", line):
+        if match := re.search(r": (\w+) .* against identical inputs with .*: (FLAGGED|REVIEW|not flagged)\.$", line):
             found.add(("protected", *match.groups()))
         if match := re.search(r"(increasing|decreasing) in (\w+)\? violated by ([\d.]+)% of input pairs on the teacher",
                               line):  # fmt: skip

@@ -1,8 +1,11 @@
 """The audit report: names and values from files and configs stay data in index.html, report.md and the
 model cards; plots have safe names; the provenance shows what the run used, and no debug output."""
 
+import base64
 import json
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -12,17 +15,9 @@ import sympy
 import yaml
 
 from pipelines.config import parse_config
-from pipelines.report import (
-    StudentAudit,
-    build_provenance,
-    config_for_provenance,
-    formula_image,
-    model_card,
-    plot_slug,
-    teacher_fields,
-    write_html,
-    write_markdown,
-)
+from pipelines.plots import formula_image, plot_slug
+from pipelines.render import model_card, print_pdf, write_html, write_markdown
+from pipelines.report import StudentAudit, build_provenance, config_for_provenance, teacher_fields
 from pipelines.runner import run
 from pipelines.surrogate import FormulaRecord
 from teachers.mlp import MLP, MLPTeacher
@@ -34,12 +29,37 @@ HOSTILE = "\"'><script>alert(1)</script>"
 # Also breaks Markdown: a code span, a table cell, a link, a heading on a new line, mathtext for matplotlib.
 WORSE = HOSTILE + " `x` | y [a](javascript:alert(1))\n# z $\\frac{$"
 
-TAGS = "html head meta title style body h1 h2 h3 section ul li p img code table tr th td div pre"
+TAGS = "html head meta title style body h1 h2 h3 h4 section ul li p img code table tr th td div pre"
 LIBRARIES = ("kandistill", "torch", "transformers", "accelerate", "datasets", "safetensors", "sympy", "numpy")
 
 
 def hostile_audit(name: str = WORSE) -> StudentAudit:
-    check = {"feature": name, "teacher_mean_abs_change": 0.5, "threshold": 0.1, "verdict": "flagged"}
+    effect = {
+        "value": name,
+        "reference": "r",
+        "rows": 10,
+        "teacher_effect": 0.5,
+        "teacher_ci": [0.4, 0.6],
+        "student_effect": 0.4,
+        "student_ci": [0.3, 0.5],
+        "verdict": "flagged",
+    }
+    check = {
+        "feature": name,
+        "reference": "r",
+        "threshold": 0.1,
+        "rule": "r",
+        "verdict": "flagged",
+        "effects": [effect],
+        "groups": {"groups": [{"value": name, "rows": 10, "mean_output": 0.1}]},
+        "where": [
+            {
+                "feature": name,
+                "bins": [{"low": 0.0, "high": 1.0, "rows": 10, "effect": 0.5, "ci": [0.4, 0.6]}],
+                "sentence": None,
+            }
+        ],
+    }
     return StudentAudit(
         name=name, output=name,
         formula=FormulaRecord(name, ("x",), (name,), (sympy.Symbol("x"),), {name: 0.5}, (name,), (name,)),
@@ -47,9 +67,20 @@ def hostile_audit(name: str = WORSE) -> StudentAudit:
         plots={"formula": "plots/0_formula.png", "importance": "plots/0_importance.png"},
         shapes={name: "plots/0_0_scriptalert1script.png", "formula": "plots/0_1_formula.png",
                 "importance": "plots/0_2_importance.png"},
-        monotonic=[{"feature": name, "direction": "increasing", "teacher_violations": 0.0, "student_violations": 0.1}],
+        monotonic=[{"feature": name, "direction": "increasing", "rows": 10, "teacher_violations": 0.0,
+                    "teacher_violations_ci": [0.0, 0.0], "student_violations": 0.1,
+                    "student_violations_ci": [0.0, 0.3]}],
         protected=[check],
     )  # fmt: skip
+
+
+PLOTS = [
+    "plots/0_formula.png",
+    "plots/0_0_scriptalert1script.png",
+    "plots/0_1_formula.png",
+    "plots/0_2_importance.png",
+    "plots/0_importance.png",
+]  # in the order the page shows them
 
 
 def hostile_config(trust_remote_code: bool = True):
@@ -117,12 +148,16 @@ def assert_safe_markdown(markdown: str) -> None:
 
 def test_hostile_names_and_values_are_escaped_in_the_html(tmp_path):
     config = hostile_config()
+    (tmp_path / "plots").mkdir()
+    for number, src in enumerate(PLOTS):
+        (tmp_path / src).write_bytes(b"\x89PNG" + bytes([number]))
     write_html(tmp_path / "index.html", config, [hostile_audit()], [f"{WORSE}: FLAGGED"], hostile_provenance(config))
     page = (tmp_path / "index.html").read_text()
     parsed = assert_safe_html(page)
-    assert [v for tag, k, v in parsed.attributes if k == "src"] == [
-        "plots/0_formula.png", "plots/0_0_scriptalert1script.png", "plots/0_1_formula.png",
-        "plots/0_2_importance.png", "plots/0_importance.png"]  # fmt: skip
+    sources = [v for tag, k, v in parsed.attributes if k == "src"]
+    embedded = [base64.b64encode(b"\x89PNG" + bytes([i])).decode() for i in range(5)]
+    assert sources == [f"data:image/png;base64,{e}" for e in embedded]
+    assert "teacher_mean_abs_change" not in page and "teacher_effect" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
@@ -212,9 +247,9 @@ def test_a_real_run_writes_a_safe_report_with_slug_named_plots(tmp_path):
     report = folder.report
     parsed = assert_safe_html((report / "index.html").read_text())
     sources = [v for _, k, v in parsed.attributes if k == "src"]
-    assert sources == ["plots/0_0_importance.png", "plots/0_1_g.png", "plots/0_importance.png"]
-    assert sorted(p.name for p in (report / "plots").iterdir()) == sorted(Path(s).name for s in sources)
-    assert all((report / s).read_bytes()[:4] == b"\x89PNG" for s in sources)
+    plots = ["plots/0_0_importance.png", "plots/0_1_g.png", "plots/0_importance.png"]
+    assert sources == [f"data:image/png;base64,{base64.b64encode((report / p).read_bytes()).decode()}" for p in plots]
+    assert sorted(p.name for p in (report / "plots").iterdir()) == sorted(Path(p).name for p in plots)
     assert_safe_markdown((report / "report.md").read_text())
     card = (folder.train / "students" / "s" / "README.md").read_text()
     assert_safe_markdown(card.split("---\n", 2)[2])
@@ -222,4 +257,16 @@ def test_a_real_run_writes_a_safe_report_with_slug_named_plots(tmp_path):
     assert provenance["config"]["teacher"] == {"kind": "mlp", "path": str(tmp_path / "teacher")}
     assert set(provenance["libraries"]) == set(LIBRARIES) and "trust_remote_code" not in provenance
     protected = json.loads((report / "audit.json").read_text())["students"]["s"]["protected"]
-    assert np.isfinite(protected[0]["teacher_mean_abs_change"])
+    assert np.isfinite(protected[0]["teacher_mean_abs_change"]) and protected[0]["reference"] == HOSTILE
+    assert {e["value"] for e in protected[0]["effects"]} == {"$\\frac{$", "b"}
+
+
+def test_the_demo_report_prints_to_a_pdf_of_several_pages_with_the_headline(demo, tmp_path):
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")) or not shutil.which("pdftotext"):
+        pytest.skip("needs chromium and pdftotext (poppler-utils)")
+    pdf = print_pdf(demo[1] / "loan" / "report" / "index.html", tmp_path / "report.pdf")
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert text.count("\f") > 1, "more than one page"
+    headline = next(line for line in json.loads((demo[1] / "loan" / "report" / "audit.json").read_text())["findings"]
+                    if "against identical inputs" in line)  # fmt: skip
+    assert " ".join(headline.split()[:6]) in " ".join(text.split())
