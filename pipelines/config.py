@@ -21,7 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat
 from distill.feynman import DEFAULT_CSV, FeynmanTableError, feynman_equation
 from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
 from teachers.names import InvalidNameError, check_slug
-from teachers.schema import MAX_FEATURES, MAX_VALUE_CHARS, MAX_VALUES, FeatureSchema, SchemaError
+from teachers.schema import MAX_FEATURES, MAX_VALUE_CHARS, MAX_VALUES, CategoricalFeature, FeatureSchema, SchemaError
 from teachers.template import MAX_TEMPLATE_CHARS, Template
 
 MAX_CONFIG_BYTES = 1_000_000
@@ -219,12 +219,15 @@ class RunConfig(Strict):
                 unknown = [n for n in names_ if n not in schema.names]
                 if unknown:
                     raise ValueError(f"{field}: unknown feature {unknown[0]!r}; the features are {schema.names}")
+            numeric = [n for n in self.checks.protected if not isinstance(schema[n], CategoricalFeature)]
+            if numeric:
+                raise ValueError(f"checks.protected: {numeric[0]!r} is numeric; protected attributes are categorical")
             for name, value in self.checks.reference.items():
                 if name not in self.checks.protected:
                     raise ValueError(f"checks.reference: {name!r} is not in checks.protected {self.checks.protected}")
-                values = getattr(schema.features[schema.names.index(name)], "values", None)
-                if values is not None and value not in values:
-                    raise ValueError(f"checks.reference.{name}: unknown value {value!r}; the values are {list(values)}")
+                if value not in schema[name].values:
+                    raise ValueError(f"checks.reference.{name}: unknown value {value!r}; the values are "
+                                     f"{list(schema[name].values)}")  # fmt: skip
         return self
 
     def schema(self) -> FeatureSchema | None:

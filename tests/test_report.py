@@ -242,9 +242,11 @@ def test_a_real_run_writes_a_safe_report_with_slug_named_plots(tmp_path):
         "students": [{"name": "s", "targets": ["y"], "extract": False}],
         "train": {"hidden": [2], "grid": 3, "refine_grid": None, "steps": 5},
         "checks": {"monotonic": {"importance": "increasing"}, "protected": ["g"], "rows": 50},
+        "audit": {"pdf": bool(shutil.which("chromium") or shutil.which("chromium-browser"))},  # report.pdf too
     })  # fmt: skip
     folder = run(config.model_copy(update={"name": WORSE}), tmp_path / "run", progress=False)
     report = folder.report
+    assert (report / "report.pdf").is_file() == config.audit.pdf
     parsed = assert_safe_html((report / "index.html").read_text())
     sources = [v for _, k, v in parsed.attributes if k == "src"]
     plots = ["plots/0_0_importance.png", "plots/0_1_g.png", "plots/0_importance.png"]

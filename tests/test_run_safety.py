@@ -217,3 +217,17 @@ def test_cli_student_names_are_slugs_and_a_tampered_student_is_bad_input(tmp_pat
     capsys.readouterr()
     assert main(["inspect", str(config.parent)]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("checks", "message"),
+    [
+        ({"protected": ["age"]}, r"checks.protected: 'age' is numeric"),
+        ({"protected": ["gender"], "reference": {"gender": "x"}}, r"checks.reference.gender: unknown value 'x'"),
+        ({"protected": [], "reference": {"gender": "male"}}, r"checks.reference: 'gender' is not in checks.protected"),
+    ],
+)
+def test_protected_checks_name_a_categorical_feature_and_a_known_reference(checks, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**LOAN, "checks": checks})
+    assert parse_config({**LOAN, "checks": {"protected": ["gender"], "reference": {"gender": "female"}}})
