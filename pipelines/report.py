@@ -351,4 +351,5 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) ->
     if config.audit.pdf:
         print_pdf(report / "index.html", report / "report.pdf")
     atomic_write_bytes(stamp_path, json.dumps({"stamp": stamp}).encode())
+    logger.info("audit: %d finding(s); report at %s", len(findings), report / "index.html")
     return report / "index.html"
