@@ -258,7 +258,8 @@ class _Scorer:
         """``1 - R^2``; infinite for an expression torch cannot evaluate or that is not finite."""
         args = self.columns if constants is None else [*self.columns, *constants]
         try:
-            fn = fn or sympy.lambdify(self.symbols, expr.evalf(), TORCH_MODULES)  # evalf: cos(1) is no tensor
+            # evalf: cos(1) is no tensor; dummify: no feature name is written into the generated source
+            fn = fn or sympy.lambdify(self.symbols, expr.evalf(), TORCH_MODULES, dummify=True)
             with torch.no_grad() if constants is None else torch.enable_grad():
                 pred = torch.as_tensor(fn(*args), dtype=torch.float64).expand_as(self.reference)
         except (TypeError, ValueError, RuntimeError, NameError, NotImplementedError):
@@ -274,7 +275,7 @@ class _Scorer:
         params = sympy.symbols(f"_c0:{len(floats)}")
         template = expr.xreplace(dict(zip(floats, params, strict=True)))
         try:
-            fn = sympy.lambdify([*self.symbols, *params], template.evalf(), TORCH_MODULES)
+            fn = sympy.lambdify([*self.symbols, *params], template.evalf(), TORCH_MODULES, dummify=True)
         except (TypeError, ValueError, NameError, NotImplementedError):
             return expr
         theta = torch.tensor([float(f) for f in floats], dtype=torch.float64, requires_grad=True)
