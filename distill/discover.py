@@ -6,7 +6,9 @@ When the target is positive everywhere, each is also tried on its logarithm: a p
 powers and exponentials becomes a sum (the AI Feynman trick), so monomials such as
 ``G m1 m2 / r^2`` need no hidden layer at all. Each formula is judged on held-out points against
 the target in its original space; the best fit wins, a simpler formula wins a tie, and the
-search stops at the first formula that is exact to ``exact_r2``.
+search stops at the first formula that is exact to ``exact_r2`` (or that no richer candidate could
+beat by ``simplicity_margin``). A formula that is not finite on every row, or scores below
+``min_r2``, is never returned.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class DiscoverConfig:
     function's complexity must buy in fit (a decade of 1 - R^2 per ``1 / weight``), per edge.
     ``snap_growth``: how much a constant's rounding to a simple number may multiply 1 - R^2
     (5 suits exact laws in clean data; an audit of a noisy teacher wants about 1.2).
+    ``min_r2``: a formula is returned only if it is finite on every fit and held-out row and reaches
+    this held-out R^2 (none does: `FloatingPointError`). ``seconds``: no candidate starts after it is
+    spent (a warning says so: the result then depends on the machine's speed).
     """
 
     hidden: int | None = 5
@@ -49,6 +54,7 @@ class DiscoverConfig:
     simplicity_margin: float = 0.0
     complexity_weight: float = 0.5
     snap_growth: float = 5.0
+    min_r2: float = 0.0
     schedule: ScheduleConfig = field(
         default_factory=lambda: ScheduleConfig(sparse_steps=20, refit_steps=20, node_refit_steps=15)
     )
@@ -94,9 +100,9 @@ def discover_formula(
     best: Discovery | None = None
     scores: dict[str, float] = {}
     for width, transform in candidates:
-        if best is not None and best.r2_validation >= config.exact_r2:
-            break
-        if best is not None and deadline and time.monotonic() > deadline:
+        if best is not None and best.r2_validation >= min(config.exact_r2, 1 - config.simplicity_margin):
+            break  # no richer candidate can beat it by the margin
+        if deadline and time.monotonic() > deadline:
             logger.warning(
                 "discover_formula: the %s s budget ran out before the %s candidate; the result depends "
                 "on this machine's speed (raise the budget)",
@@ -126,14 +132,20 @@ def discover_formula(
             extraction.expressions = [sympy.exp(e) for e in extraction.expressions]
         with np.errstate(all="ignore"):
             pred = extraction.callable()(x_val.double().numpy())[:, 0]
+            on_fit = extraction.callable()(x_fit.double().numpy())[:, 0]
         score = _r2(pred, y_val.double().numpy()[:, 0])
         label = f"{transform} {width}"
         scores[label] = score
+        if not (np.isfinite(on_fit).all() and score >= config.min_r2):
+            logger.info("%s: %s is not finite on every row or scores R^2 %.3g < %s; not kept", label,
+                        extraction.expressions[0], score, config.min_r2)  # fmt: skip
+            continue
         candidate = Discovery(extraction, label, score, scores)
         if best is None or _better(candidate, best, config.simplicity_margin):
             best = candidate
     if best is None:
-        raise FloatingPointError("discover_formula: every candidate failed to fit")
+        raise FloatingPointError(f"discover_formula: no candidate is finite on every row with held-out R^2 >= "
+                                 f"{config.min_r2} ({scores})")  # fmt: skip
     return best
 
 

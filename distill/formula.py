@@ -8,6 +8,7 @@ A formula file never holds code. Each node is one of
     {"var": "income"}                  a feature, which must be declared in the file
     {"op": "add" | "mul" | "pow", "args": [...]}
     {"fn": "exp", "args": [...]}       a function from :data:`FUNCTIONS`, of one argument
+    {"indicator": ["region", "north"]} 1 where a categorical feature takes that value, else 0
 
 and is rebuilt into sympy by calling sympy's constructors, so loading never passes a string to
 ``eval``, ``sympify`` or ``parse_expr``. :func:`parse_formula` reads infix text (such as the AI
@@ -29,14 +30,16 @@ import json
 import math
 import numbers
 import reprlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import reduce
 from pathlib import Path
 
 import numpy as np
 import sympy
+from sympy.core.symbol import Str
 
 from teachers.names import InvalidNameError, check_identifier
+from teachers.schema import MAX_VALUE_CHARS
 
 FUNCTIONS: dict[str, type[sympy.Function]] = {
     "exp": sympy.exp,
@@ -70,6 +73,51 @@ class FormulaError(ValueError):
     """A formula tree or text that is malformed or names something outside the allowlist."""
 
 
+class Indicator(sympy.Function):
+    """``[feature = value]``: 1 where the categorical ``feature`` takes ``value``, 0 elsewhere.
+
+    Build it with :func:`indicator`; its arguments are the feature's symbol and the value as a
+    ``sympy.Str`` (a name, not a symbol: it adds no free symbol).
+    """
+
+    nargs = 2
+    is_real = True
+    is_nonnegative = True
+
+    @classmethod
+    def eval(cls, feature, value):
+        if not isinstance(feature, sympy.Symbol) or not isinstance(value, Str):
+            raise TypeError("Indicator takes a feature symbol and a sympy.Str value")
+        return None
+
+    @property
+    def feature(self) -> str:
+        return self.args[0].name
+
+    @property
+    def value(self) -> str:
+        return self.args[1].name
+
+    def _sympystr(self, printer) -> str:
+        return f"[{self.feature} = {self.value}]"
+
+    def _latex(self, printer, exp=None) -> str:
+        text = rf"\left[{printer._print(self.args[0])} = \text{{{_latex_text(self.value)}}}\right]"
+        return text if exp is None else f"{text}^{{{printer._print(exp)}}}"
+
+
+def indicator(feature: str, value: str) -> Indicator:
+    """``[feature = value]`` as sympy (the feature's symbol is real, like every feature's)."""
+    return Indicator(sympy.Symbol(feature, real=True), Str(value))
+
+
+def _latex_text(text: str) -> str:
+    """``text`` safe inside LaTeX's ``\\text{}``."""
+    special = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "%": r"\%", "&": r"\&",
+               "#": r"\#", "$": r"\$", "^": r"\^{}", "~": r"\~{}"}  # fmt: skip
+    return "".join(special.get(ch, ch) for ch in text)
+
+
 def to_tree(expr: sympy.Expr) -> dict:
     """A JSON-ready tree of ``expr`` (raises :class:`FormulaError` on a node outside the allowlist)."""
     if isinstance(expr, sympy.Integer):
@@ -82,12 +130,20 @@ def to_tree(expr: sympy.Expr) -> dict:
         return {"const": str(expr)}
     if isinstance(expr, sympy.Symbol):
         return {"var": expr.name}
+    if isinstance(expr, Indicator):
+        return {"indicator": [expr.feature, expr.value]}
     for op, cls in (("add", sympy.Add), ("mul", sympy.Mul), ("pow", sympy.Pow)):
         if isinstance(expr, cls):
             return {"op": op, "args": [to_tree(a) for a in expr.args]}
     if expr.func in _SYMPY_TO_NAME:
         return {"fn": _SYMPY_TO_NAME[expr.func], "args": [to_tree(a) for a in expr.args]}
     raise FormulaError(f"cannot store {type(expr).__name__} node {expr}: not in the formula allowlist")
+
+
+def rounded(expr: sympy.Expr, digits: int = 4) -> sympy.Expr:
+    """``expr`` with every float rounded to ``digits`` significant digits, for display (``sympy.N`` leaves
+    the floats inside a function's argument as they are)."""
+    return expr.xreplace({f: sympy.Float(f, digits) for f in expr.atoms(sympy.Float)})
 
 
 def check_variables(names: object, where: str) -> list[str]:
@@ -164,24 +220,66 @@ def parse_formula(text: str, variables: Iterable[str]) -> sympy.Expr:
     return builder.text(tree.body, where, 0).expr
 
 
-def evaluate(formula: sympy.Expr | dict, features: Sequence[str], x: np.ndarray) -> np.ndarray:
-    """A formula (sympy, or a tree) of the named ``features`` at each row of ``x`` ``(rows, n)`` -> ``(rows,)``.
+def evaluate(
+    formula: sympy.Expr | dict,
+    features: Sequence[str],
+    x: np.ndarray | Mapping[str, Sequence],
+    categories: Mapping[str, Sequence[str]] | None = None,
+) -> np.ndarray:
+    """A formula (sympy, or a tree) of the named ``features`` at each row of ``x`` -> ``(rows,)``.
 
-    Walks the expression with numpy, so that no source code is generated (``sympy.lambdify`` writes
-    symbol names into Python source): safe whatever the names are. Float64; NaN or inf where the
-    formula is undefined or overflows. Raises :class:`FormulaError` on a node it cannot compute.
+    ``x`` is ``(rows, n)`` numbers (a categorical feature as its code: the index of its value in
+    ``categories[feature]``, which `Indicator` nodes need), or a mapping from feature name to a column
+    of raw values (category strings included). Walks the expression with numpy, so that no source code
+    is generated (``sympy.lambdify`` writes symbol names into Python source): safe whatever the names
+    are. Float64; NaN or inf where the formula is undefined or overflows. Raises :class:`FormulaError`
+    on a node it cannot compute, or an indicator of a value the feature does not have.
     """
     if isinstance(formula, dict):
         formula = from_tree(formula, features)
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != len(features):
-        raise FormulaError(f"evaluate: x has shape {x.shape}, expected (rows, {len(features)}) for {list(features)}")
-    columns = {name: x[:, k] for k, name in enumerate(features)}
+    if isinstance(x, Mapping):
+        missing = [name for name in features if name not in x]
+        if missing:
+            raise FormulaError(f"evaluate: no column for {missing}; the formula's features are {list(features)}")
+        columns = {name: _column(x[name]) for name in features}
+        rows = len(next(iter(columns.values()))) if columns else 0
+        if any(len(c) != rows for c in columns.values()):
+            raise FormulaError(f"evaluate: columns of different lengths {[len(c) for c in columns.values()]}")
+    else:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(features):
+            raise FormulaError(
+                f"evaluate: x has shape {x.shape}, expected (rows, {len(features)}) for {list(features)}"
+            )
+        columns, rows = {name: x[:, k] for k, name in enumerate(features)}, x.shape[0]
     if isinstance(formula, numbers.Real):
         formula = sympy.Float(formula)
     with np.errstate(all="ignore"):
-        value = _walk(formula, columns, {})
-    return np.array(np.broadcast_to(np.asarray(value, dtype=np.float64), (x.shape[0],)))
+        value = _walk(formula, columns, {}, categories or {})
+    return np.array(np.broadcast_to(np.asarray(value, dtype=np.float64), (rows,)))
+
+
+def _column(values: Sequence) -> np.ndarray:
+    """A raw column: float64 for numbers, an object array for category strings."""
+    array = np.asarray(values.tolist() if hasattr(values, "tolist") else list(values), dtype=object).reshape(-1)
+    if all(isinstance(v, str) for v in array):
+        return array
+    try:
+        return array.astype(np.float64)
+    except (TypeError, ValueError):
+        raise FormulaError(f"evaluate: a column mixes numbers and text: {_show(list(array[:3]))}") from None
+
+
+def _indicator(node: Indicator, columns: dict[str, np.ndarray], categories: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """``[feature = value]`` on a column of raw strings, or of codes into ``categories[feature]``."""
+    column = columns[node.feature]
+    if column.dtype == object:
+        return (column == node.value).astype(np.float64)
+    values = list(categories.get(node.feature, ()))
+    if node.value not in values:
+        raise FormulaError(f"evaluate: [{node.feature} = {node.value}] needs the feature's category values "
+                           f"(got {values[:10]}), or its column as strings")  # fmt: skip
+    return (column == values.index(node.value)).astype(np.float64)
 
 
 _NON_FINITE = {sympy.nan: math.nan, sympy.zoo: math.nan, sympy.oo: math.inf, -sympy.oo: -math.inf}
@@ -210,10 +308,14 @@ _NUMPY: dict[type, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def _walk(expr: sympy.Basic, columns: dict[str, np.ndarray], cache: dict) -> np.ndarray | float:
+def _walk(expr: sympy.Basic, columns: dict[str, np.ndarray], cache: dict, categories: Mapping) -> np.ndarray | float:
     if expr in cache:
         return cache[expr]
-    if isinstance(expr, sympy.Symbol):
+    if isinstance(expr, Indicator):
+        if expr.feature not in columns:
+            raise FormulaError(f"evaluate: the formula uses {expr.feature!r}, not one of the features {list(columns)}")
+        value = _indicator(expr, columns, categories)
+    elif isinstance(expr, sympy.Symbol):
         if expr.name not in columns:
             raise FormulaError(f"evaluate: the formula uses {expr.name!r}, not one of the features {list(columns)}")
         value = columns[expr.name]
@@ -222,14 +324,14 @@ def _walk(expr: sympy.Basic, columns: dict[str, np.ndarray], cache: dict) -> np.
     elif expr in _NON_FINITE:
         value = _NON_FINITE[expr]
     elif isinstance(expr, sympy.Add):
-        value = reduce(np.add, (_walk(a, columns, cache) for a in expr.args))
+        value = reduce(np.add, (_walk(a, columns, cache, categories) for a in expr.args))
     elif isinstance(expr, sympy.Mul):
-        value = reduce(np.multiply, (_walk(a, columns, cache) for a in expr.args))
+        value = reduce(np.multiply, (_walk(a, columns, cache, categories) for a in expr.args))
     elif isinstance(expr, sympy.Pow):
-        base, exponent = (_walk(a, columns, cache) for a in expr.args)
+        base, exponent = (_walk(a, columns, cache, categories) for a in expr.args)
         value = np.sqrt(base) if expr.exp == sympy.S.Half else np.power(base, exponent)
     elif type(expr) in _NUMPY and len(expr.args) == 1:
-        value = _NUMPY[type(expr)](np.asarray(_walk(expr.args[0], columns, cache), dtype=np.float64))
+        value = _NUMPY[type(expr)](np.asarray(_walk(expr.args[0], columns, cache, categories), dtype=np.float64))
     else:
         raise FormulaError(f"evaluate: cannot compute {type(expr).__name__} node {_show(expr)}")
     cache[expr] = value
@@ -306,6 +408,16 @@ class _Builder:
             return _Built(_CONSTANTS[node["const"]], 0)
         if keys == {"var"}:
             return self.variable(node["var"], f"{path}.var")
+        if keys == {"indicator"}:
+            pair = node["indicator"]
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], str)):
+                raise FormulaError(
+                    f"{path}.indicator: expected [feature, value] with a string value, got {_show(pair)}"
+                )
+            if not 0 < len(pair[1]) <= MAX_VALUE_CHARS:
+                raise FormulaError(f"{path}.indicator[1]: a category value of 1 to {MAX_VALUE_CHARS} characters")
+            feature = self.variable(pair[0], f"{path}.indicator[0]")
+            return _Built(Indicator(feature.expr, Str(pair[1])), 0)
         if keys in ({"op", "args"}, {"fn", "args"}):
             args = node["args"]
             if not isinstance(args, list) or not args:
@@ -317,7 +429,7 @@ class _Builder:
                 raise FormulaError(f"{path}.fn: unknown function {_show(name)}; allowed: {sorted(FUNCTIONS)}")
             built = [self.tree(a, f"{path}.args[{i}]", depth + 1) for i, a in enumerate(args)]
             return self.apply(name, built, path)
-        raise FormulaError(f"{path}: a node needs one of num, rational, const, var, op+args, fn+args; "
+        raise FormulaError(f"{path}: a node needs one of num, rational, const, var, indicator, op+args, fn+args; "
                            f"got keys {_show(sorted(map(str, keys)))}")  # fmt: skip
 
     def text(self, node: ast.AST, where: str, depth: int) -> _Built:
@@ -425,7 +537,7 @@ class _Builder:
         sub-expression is checked once, however often sympy reuses it."""
         if expr in self.values:
             return self.values[expr]
-        if isinstance(expr, sympy.Symbol):
+        if isinstance(expr, sympy.Symbol | Indicator):
             value = None
         elif isinstance(expr, sympy.Rational | sympy.Float) or expr is sympy.pi or expr is sympy.E:
             value = _float(expr)

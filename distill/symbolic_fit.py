@@ -161,15 +161,21 @@ def _project_out(jac: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return jac - coef * fc
 
 
-def choose(fits: SymbolFits, complexity_weight: float = 0.5) -> list[Choice]:
-    """Per curve, the function with the lowest score (see the module docstring)."""
+def ranked(fits: SymbolFits, complexity_weight: float = 0.5) -> torch.Tensor:
+    """Per curve, the functions' indices from the lowest score to the highest (see the module docstring):
+    ``(curves, functions)``; a fit whose score is not finite comes last."""
     cancellation = (fits.leverage.log10() - 1).clamp_min(0.0).nan_to_num(0.0)
     score = torch.log10((1 - fits.r2).clamp_min(0.0) + 1e-10) + complexity_weight * fits.complexity + cancellation
     score = torch.where(torch.isfinite(score), score, torch.full_like(score, float("inf")))
-    order = score.argsort(-1)
+    return score.argsort(-1)
+
+
+def choose(fits: SymbolFits, complexity_weight: float = 0.5) -> list[Choice]:
+    """Per curve, the function with the lowest score (see the module docstring)."""
+    order = ranked(fits, complexity_weight)
     choices = []
-    for curve, ranked in enumerate(order.tolist()):
-        first, second = ranked[0], ranked[1] if len(ranked) > 1 else ranked[0]
+    for curve, ranks in enumerate(order.tolist()):
+        first, second = ranks[0], ranks[1] if len(ranks) > 1 else ranks[0]
         choices.append(
             Choice(
                 fits.names[first],

@@ -27,7 +27,8 @@ import numpy as np
 import sympy
 import torch
 
-from distill.formula import FormulaError, check_scores, check_variables, from_trees, read_json
+from distill.components import Component, ComponentModel, raw_column
+from distill.formula import FormulaError, check_scores, check_variables, evaluate, from_trees, read_json, rounded
 from distill.train import StudentSpec, TrainError
 from students import KAN
 from teachers.base import hash_json, hash_tensors
@@ -43,8 +44,11 @@ class SurrogateError(ValueError):
 class FormulaRecord:
     """A run's ``formulas/STUDENT.json`` (written by the extract stage), checked by `read_formula_record`.
 
-    ``text`` and ``latex`` are derived here from ``expressions``, never read from the file, so that
-    what a report shows is what the formula tree holds.
+    Per output: ``expressions`` (sympy), ``forms`` (``components``: the constant and symbolic terms of the
+    student's components, to which its curves and surfaces are added; ``expression``: one expression for
+    the whole output, from ``extract.mode: formula``), ``components`` (a `ComponentModel`, or None when the
+    record was read without the feature schema) and ``notes``. ``text`` and ``latex`` are derived here,
+    never read from the file, so that what a report shows is what the formula tree holds.
     """
 
     student: str
@@ -54,14 +58,38 @@ class FormulaRecord:
     fidelity_vs_teacher: dict[str, float]
     text: tuple[str, ...]
     latex: tuple[str, ...]
+    forms: tuple[str, ...] = ()
+    components: tuple[ComponentModel | None, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def predict(self, k: int, columns: Any) -> np.ndarray:
+        """Output ``k`` of the formula at raw feature columns (category strings included) -> ``(rows,)``."""
+        columns = {name: columns[name] for name in self.features}
+        total = evaluate(self.expressions[k], list(self.features), columns)
+        if self.forms and self.forms[k] == "components":
+            model = self.components[k]
+            if model is None:
+                raise FormulaError(f"{self.student}: reading the components needs the feature schema")
+            total = total + sum((c.values_at({n: raw_column(columns[n]) for n in c.features})
+                                 for c in model.components if c.expression is None), np.zeros(len(total)))  # fmt: skip
+        return total
 
 
-def read_formula_record(path: str | Path, features: list[str] | None = None) -> FormulaRecord:
-    """Read and check a formula record; ``features``, when given, must be exactly the file's features.
+def _tabulated(model: ComponentModel | None) -> list[str]:
+    """The non-symbolic parts of a formula, by name: ``curve(age)``, ``surface(bmi, sex)``."""
+    return [] if model is None else [f"{c.kind}({', '.join(c.features)})" for c in model.components
+                                     if c.expression is None]  # fmt: skip
+
+
+def read_formula_record(path: str | Path, features: FeatureSchema | list[str] | None = None) -> FormulaRecord:
+    """Read and check a formula record; ``features``, when given, must be exactly the file's features (a
+    `FeatureSchema` also checks and reads the components).
 
     Raises :class:`FormulaError` naming the file and the field (`FileNotFoundError` if there is none).
     """
     path = Path(path)
+    schema = features if isinstance(features, FeatureSchema) else None
+    features = schema.names if schema is not None else features
     data = read_json(path)
     if not isinstance(data, dict):
         raise FormulaError(f"{path}: expected a formula record (an object), got {type(data).__name__}")
@@ -78,11 +106,29 @@ def read_formula_record(path: str | Path, features: list[str] | None = None) -> 
     targets = [o.get("target") for o in outputs]
     if not all(isinstance(t, str) and t for t in targets) or len(set(targets)) != len(targets):
         raise FormulaError(f"{path}: outputs: each needs a distinct, non-empty target name, got {targets!r:.200}")
+    forms = [o.get("form", "expression") for o in outputs]
+    notes = [o.get("note", "") for o in outputs]
+    if not all(f in ("components", "expression") for f in forms) or not all(isinstance(n, str) for n in notes):
+        raise FormulaError(f"{path}: outputs: form must be 'components' or 'expression', note a string")
+    if any(f == "components" and "components" not in o for f, o in zip(forms, outputs, strict=True)):
+        raise FormulaError(f"{path}: outputs: a formula of the form 'components' needs its components")
     expressions = from_trees([(f"{path}: outputs[{k}].tree", o.get("tree")) for k, o in enumerate(outputs)], names)
+    models = [None if schema is None or "components" not in o
+              else ComponentModel.from_json(o["components"], schema, f"{path}: outputs[{k}].components")
+              for k, o in enumerate(outputs)]  # fmt: skip
+    tails = [_tabulated(m) if f == "components" else [] for m, f in zip(models, forms, strict=True)]
     return FormulaRecord(student, tuple(names), tuple(targets), tuple(expressions),
                          check_scores(data.get("fidelity_vs_teacher"), f"{path}: fidelity_vs_teacher"),
-                         tuple(str(sympy.N(e, 4)) for e in expressions),
-                         tuple(sympy.latex(sympy.N(e, 4), mul_symbol="dot") for e in expressions))  # fmt: skip
+                         tuple(" + ".join([str(rounded(e)), *t]) for e, t in zip(expressions, tails, strict=True)),
+                         tuple(" + ".join([sympy.latex(rounded(e), mul_symbol="dot"),
+                                           *(rf"\operatorname{{{x.split('(')[0]}}}({_latex_names(x)})" for x in t)])
+                               for e, t in zip(expressions, tails, strict=True)),
+                         tuple(forms), tuple(models), tuple(notes))  # fmt: skip
+
+
+def _latex_names(tabulated: str) -> str:
+    """The feature names of ``curve(a, b)`` as LaTeX (underscores escaped)."""
+    return tabulated.split("(", 1)[1].rstrip(")").replace("_", r"\_")
 
 
 def _numbers(record: dict, key: str, length: int, where: str) -> np.ndarray:
@@ -184,9 +230,33 @@ class Surrogate:
             y = self.model(scaled).double().numpy()
         return y * self.std + self.mean
 
-    def predict(self, features: Any) -> np.ndarray:
-        """Predictions ``(rows, out)``: scalar targets, or a label set's log-odds against its last label."""
-        return self.predict_encoded(self.encode(features))
+    def predict(self, features: Any, source: str = "student") -> np.ndarray:
+        """Predictions ``(rows, out)``: scalar targets, or a label set's log-odds against its last label.
+
+        ``source``: ``student`` (the KAN), ``formula`` (the extracted formula, with any curves and surfaces
+        it names) or ``components`` (the intercept plus every tabulated component), on raw feature values.
+        """
+        if source == "student":
+            return self.predict_encoded(self.encode(features))
+        if source not in ("formula", "components"):
+            raise ValueError(f"source: expected 'student', 'formula' or 'components', got {source!r}")
+        columns = self.schema.decode(self.encode(features))  # checks every value against the schema
+        record = self.formula_record()
+        if source == "formula":
+            return np.stack([record.predict(k, columns) for k in range(len(record.targets))], 1)
+        return np.stack([self._components(record, k).predict(columns, "components")
+                         for k in range(len(record.targets))], 1)  # fmt: skip
+
+    def components(self, output: int = 0) -> list[Component]:
+        """The named parts of output ``output`` (see `distill.components`), largest share first."""
+        model = self._components(self.formula_record(), output)
+        return sorted(model.components, key=lambda c: -c.variance_share)
+
+    def _components(self, record: FormulaRecord, output: int) -> ComponentModel:
+        model = record.components[output] if output < len(record.components) else None
+        if model is None:
+            raise FileNotFoundError(f"{self.formula_path}: no components for output {output} (rerun the extract stage)")
+        return model
 
     def baseline(self) -> np.ndarray:
         """The reference input of `explain`: the middle of each numeric range, each feature's first category."""
@@ -209,7 +279,7 @@ class Surrogate:
         """The checked formula record of this student (`read_formula_record`), for its features and outputs."""
         if self.formula_path is None:
             raise FileNotFoundError(f"no formula for student {self.name!r}: run the extract stage first")
-        record = read_formula_record(self.formula_path, self.schema.names)
+        record = read_formula_record(self.formula_path, self.schema)
         if record.student != self.name or list(record.targets) != self.outputs:
             raise FormulaError(f"{self.formula_path}: the record is of student {record.student!r} with outputs "
                                f"{list(record.targets)}, not {self.name!r} with {self.outputs}")  # fmt: skip
