@@ -124,6 +124,7 @@ def discover_formula(
                 refit_steps=10,
                 complexity_weight=config.complexity_weight,
                 snap_growth=config.snap_growth,
+                deadline=deadline,
             )
         except (FloatingPointError, ValueError) as err:
             logger.warning("%s target: no formula (%s)", transform, err)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -327,6 +328,7 @@ def snap_constants(
     min_r2: float = 0.99,
     max_constants: int = 24,
     max_tries: int = 60,
+    deadline: float | None = None,
 ) -> sympy.Expr:
     """Replace floats by simple numbers while the formula still fits ``reference``.
 
@@ -337,7 +339,8 @@ def snap_constants(
     formula's: relative, so that an offset that barely moves R^2 is not rounded into a wrong
     value. A formula whose R^2 is below ``min_r2``, or with more than ``max_constants`` floats,
     is refitted but not snapped: rounding cannot make a wrong formula right, and the search
-    grows with the square of the number of constants; at most ``max_tries`` constants are tried,
+    grows with the square of the number of constants; at most ``max_tries`` constants are tried (none after
+    ``deadline``, a `time.monotonic` value),
     and only a small result is passed to ``sympy.simplify``, whose cost grows fast with size.
     ``x``: ``(batch, n_features)``; ``reference``: ``(batch,)``.
     """
@@ -349,7 +352,7 @@ def snap_constants(
     max_loss = max(growth * base, floor)
     rejected: set[sympy.Float] = set()
     tries = 0
-    while tries < max_tries:
+    while tries < max_tries and (deadline is None or time.monotonic() < deadline):
         for atom in sorted(expr.atoms(sympy.Float) - rejected, key=_closeness):
             tries += 1
             snapped = _snap_one(expr, atom, scorer, max_loss)
@@ -357,7 +360,7 @@ def snap_constants(
                 expr = snapped  # one float fewer, so this loop ends
                 break
             rejected.add(atom)
-            if tries >= max_tries:
+            if tries >= max_tries or (deadline is not None and time.monotonic() > deadline):
                 break
         else:
             break
@@ -375,6 +378,7 @@ def extract_formula(
     refit_steps: int = 20,
     fit_constants_to: str = "student",
     snap_growth: float = 5.0,
+    deadline: float | None = None,
 ) -> Extraction:
     """Extract a formula from a copy of ``model`` (member 0 of an ensemble); see the module docstring.
 
@@ -382,7 +386,8 @@ def extract_formula(
     ``x_test`` (default: ``x``) and, when ``teacher_test`` is given, against the teacher.
     The formula's constants are refitted and snapped against the student's outputs on ``x_test``,
     or against ``teacher_test`` with ``fit_constants_to="teacher"`` (when the formula is meant to
-    stand for the teacher itself, as in symbolic regression on data).
+    stand for the teacher itself, as in symbolic regression on data). No constant is snapped after
+    ``deadline`` (a `time.monotonic` value): the formula is then returned with its fitted constants.
     """
     if fit_constants_to not in ("student", "teacher") or (fit_constants_to == "teacher" and teacher_test is None):
         raise ValueError(f"extract_formula: fit_constants_to={fit_constants_to!r} needs 'student', or teacher_test")
@@ -398,7 +403,7 @@ def extract_formula(
     teacher = None if teacher_test is None else teacher_test.reshape(x_test.shape[0], -1).double().numpy()
     reference = teacher if fit_constants_to == "teacher" else student_test
     expressions = [
-        snap_constants(e, features, xs, reference[:, k], growth=snap_growth)
+        snap_constants(e, features, xs, reference[:, k], growth=snap_growth, deadline=deadline)
         for k, e in enumerate(compose(student, features))
     ]
     result = Extraction(features, expressions, edges)

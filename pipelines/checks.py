@@ -126,3 +126,67 @@ def binned_effect(change: np.ndarray, other: np.ndarray, name: str, bins: int = 
             result["sentence"] = (f"the effect is {table[strong]['effect']:+.2f} {_where(table, strong, name)} and "
                                   f"{table[weak]['effect']:+.2f} {_where(table, weak, name)}")  # fmt: skip
     return result
+
+
+# Per wording: with paraphrases (`teachers.template.Templates`), every audited row was asked in one of them, and
+# each check is measured on the rows of each wording as well as on all of them.
+WORDING = "depends on the wording"
+PROTECTED_WORDING_RULE = ("depends on the wording when one paraphrase's verdict is flagged and another's is not "
+                          "flagged, or two are flagged in opposite directions (review counts as neither)")  # fmt: skip
+MONOTONIC_WORDING_RULE = ("depends on the wording when the share of violations on two paraphrases differs beyond "
+                          f"their {LEVEL:.0%} intervals (the intervals do not overlap)")  # fmt: skip
+
+
+def outcome(effect: dict) -> str:
+    """A protected effect's verdict with its direction: ``flagged (higher)``, ``flagged (lower)``, ``review`` or
+    ``not flagged``."""
+    if effect["verdict"] != "flagged":
+        return effect["verdict"]
+    return "flagged (higher)" if effect["teacher_effect"] > 0 else "flagged (lower)"
+
+
+def differs(outcomes: list[str]) -> bool:
+    """Whether definite outcomes disagree (`PROTECTED_WORDING_RULE`): ``review`` is neither holding nor not."""
+    return len({o for o in outcomes if o != "review"}) > 1
+
+
+def protected_by_wording(teacher: dict[str, np.ndarray], student: dict[str, np.ndarray], codes: np.ndarray,
+                         wordings: list[str], reference: str, labels: bool, threshold: float) -> dict:  # fmt: skip
+    """`pairwise_effects` on the rows of each wording (``codes``: each row's index into ``wordings``), and for each
+    value whether its verdict depends on the wording::
+
+        {"wordings": [{"wording", "rows", "verdict", "effects": [...]}],
+         "values": [{"value", "outcomes": {wording: outcome}, "depends_on_wording"}], "depends_on_wording", "rule"}
+    """
+    per_wording = []
+    for code, name in enumerate(wordings):
+        rows = codes == code
+        if not rows.any():
+            continue
+        effects = pairwise_effects({v: t[rows] for v, t in teacher.items()}, {v: s[rows] for v, s in student.items()},
+                                   reference, labels, threshold)  # fmt: skip
+        per_wording.append({"wording": name, "rows": int(rows.sum()), "effects": effects,
+                            "verdict": overall_verdict([e["verdict"] for e in effects])})  # fmt: skip
+    values = []
+    for i, value in enumerate(v for v in teacher if v != reference):
+        outcomes = {w["wording"]: outcome(w["effects"][i]) for w in per_wording}
+        values.append({"value": value, "outcomes": outcomes, "depends_on_wording": differs(list(outcomes.values()))})
+    return {"wordings": per_wording, "values": values, "rule": PROTECTED_WORDING_RULE,
+            "depends_on_wording": any(v["depends_on_wording"] for v in values)}  # fmt: skip
+
+
+def rates_by_wording(violated: np.ndarray, codes: np.ndarray, wordings: list[str], seed: int = 0) -> list[dict]:
+    """The share of violations ``violated`` (0/1 per row) on the rows of each wording, with its interval."""
+    return [{"wording": name, "rows": int((codes == code).sum()), "rate": float(violated[codes == code].mean()),
+             "ci": bootstrap_ci(violated[codes == code], seed)}
+            for code, name in enumerate(wordings) if (codes == code).any()]  # fmt: skip
+
+
+def intervals_apart(groups: list[dict]) -> bool:
+    """Whether the groups with the highest and the lowest ``rate`` have intervals that do not overlap
+    (`MONOTONIC_WORDING_RULE`)."""
+    if len(groups) < 2:
+        return False
+    high = max(groups, key=lambda g: g["rate"])
+    low = min(groups, key=lambda g: g["rate"])
+    return high["ci"][0] > low["ci"][1]

@@ -12,12 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
-from distill.formula import FormulaError
+from distill.formula import FormulaError, rounded
 from distill.lock import FolderBusyError
 from distill.targets import CacheError
 from distill.train import StudentSpec, TrainConfig, TrainError, distill
 from pipelines.config import ConfigError, load_config
-from pipelines.demo import run_demo
+from pipelines.demo import run_demo, run_real_demo
 from pipelines.render import find_chromium, print_pdf
 from pipelines.runner import STAGES, RunFolderError, run
 from pipelines.surrogate import Surrogate, SurrogateError
@@ -76,7 +76,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    result = run_demo(Path(args.out), quick=args.quick, progress=not args.quiet)
+    demo = run_real_demo if args.real else run_demo
+    result = demo(Path(args.out), quick=args.quick, progress=not args.quiet)
     print(f"Demo finished in {result.seconds:.0f} s.")
     for line in result.findings:
         print(f"  - {line}")
@@ -98,8 +99,17 @@ def _inspect(args: argparse.Namespace) -> int:
         print("  fidelity (held out): " + json.dumps(surrogate.record["fidelity"]))
         if surrogate.formula_path is not None:
             record = surrogate.formula_record()
-            for target, text in zip(record.targets, record.text, strict=True):
+            for k, (target, text) in enumerate(zip(record.targets, record.text, strict=True)):
                 print(f"  {target} = {text}")
+                model = record.components[k] if k < len(record.components) else None
+                if model is None:
+                    continue
+                levels = ("main_effects", "with_interactions", "student", "formula")
+                shown = ", ".join(f"{k} {model.r2[k]:.4f}" for k in levels if k in model.r2)
+                print(f"    R^2 against the teacher: {shown}")
+                for c in sorted(model.components, key=lambda c: -c.variance_share):
+                    form = str(rounded(c.expression)) if c.expression is not None else f"tabulated; {c.note}"
+                    print(f"    {c.variance_share:6.1%}  {c.name} ({c.kind}): {form}")
     return 0
 
 
@@ -166,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the embedded demo: a loan-decision Llama audit and a formula recovery")
     demo.add_argument("--out", default="runs/demo", help="folder for the demo's runs (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="smaller sizes (for tests); the findings still hold")
+    real = "audit the real pretrained SmolLM2-135M-Instruct instead (configs/smollm2_review.yaml, smollm2 extra)"
+    demo.add_argument("--real", action="store_true", help=real)
     demo.set_defaults(handler=_demo)
 
     inspect = commands.add_parser("inspect", help="print the formulas and fidelity of a run or a student")

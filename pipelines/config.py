@@ -22,7 +22,7 @@ from distill.feynman import DEFAULT_CSV, FeynmanTableError, feynman_equation
 from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
 from teachers.names import InvalidNameError, check_slug
 from teachers.schema import MAX_FEATURES, MAX_VALUE_CHARS, MAX_VALUES, CategoricalFeature, FeatureSchema, SchemaError
-from teachers.template import MAX_TEMPLATE_CHARS, Template
+from teachers.template import MAX_TEMPLATE_CHARS, MAX_TEMPLATES, TEMPLATE_FEATURE, Template, Templates
 
 MAX_CONFIG_BYTES = 1_000_000
 
@@ -38,6 +38,7 @@ Slug = Annotated[str, AfterValidator(_slug)]
 Text = Annotated[str, Field(max_length=4096)]
 Count = Annotated[int, Field(gt=0, le=1_000_000)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
+Word = Annotated[str, Field(max_length=200)]  # a label's verbalizer (one surface form)
 
 
 class ConfigError(ValueError):
@@ -75,12 +76,24 @@ class LoanRuleConfig(Strict):
 
 
 class TeacherConfig(Strict):
-    """Which teacher, and the sub-task: a template and a label set, references, or taps."""
+    """Which teacher, and the sub-task: a template (or paraphrases) and a label set, references, or taps.
+
+    ``templates``: paraphrases of one question, a list (named t1, t2, ...) or ``{name: text}``; each row is
+    asked in one of them, named by the categorical feature ``template``. ``labels``: a word per label, or a list
+    of its surface forms. ``chat``: wrap each prompt in the tokenizer's chat template. ``path``: a folder, a Hub
+    id, a ``.gguf`` file or ``package:NAME``.
+    """
 
     kind: Literal["causal_lm", "encoder", "mlp", "embedded_llama", "feynman_mlp", "diabetes_mlp"]
     path: Text | None = None
     template: str | None = Field(default=None, max_length=MAX_TEMPLATE_CHARS)
-    labels: dict[Slug, Annotated[str, Field(max_length=200)]] | None = Field(default=None, max_length=100)
+    templates: (
+        list[Annotated[str, Field(max_length=MAX_TEMPLATE_CHARS)]]
+        | dict[Slug, Annotated[str, Field(max_length=MAX_TEMPLATE_CHARS)]]
+        | None
+    ) = Field(default=None, max_length=MAX_TEMPLATES)
+    chat: bool = False
+    labels: dict[Slug, Word | list[Word]] | None = Field(default=None, max_length=100)
     references: dict[Slug, Text] | None = Field(default=None, max_length=100)
     taps: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=100)
     dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
@@ -95,11 +108,21 @@ class TeacherConfig(Strict):
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> TeacherConfig:
-        needs = {"causal_lm": ("path", "template", "labels"), "encoder": ("path", "template", "references"),
+        needs = {"causal_lm": ("path", "labels"), "encoder": ("path", "template", "references"),
                  "mlp": ("path",)}.get(self.kind, ())  # fmt: skip
         missing = [name for name in needs if getattr(self, name) is None]
+        if self.kind == "causal_lm" and self.template is None and self.templates is None:
+            missing.append("template (or templates)")
         if missing:
             raise ValueError(f"a {self.kind} teacher needs {', '.join(missing)}")
+        if self.template is not None and self.templates is not None:
+            raise ValueError("expected template (one wording) or templates (paraphrases), not both")
+        for name in ("templates", "chat"):
+            if getattr(self, name) not in (None, False) and self.kind != "causal_lm":
+                raise ValueError(f"{name}: only a causal_lm teacher takes it")
+        for label, forms in (self.labels or {}).items():
+            if isinstance(forms, list) and not 0 < len(forms) <= 50:
+                raise ValueError(f"labels.{label}: expected 1 to 50 surface forms, got {len(forms)}")
         if (
             self.path is not None
             and not Path(self.path).expanduser().exists()
@@ -152,10 +175,23 @@ class TrainSection(Strict):
 
 
 class ExtractSection(Strict):
-    """Maps onto `distill.discover.DiscoverConfig` for each student with ``extract: true``."""
+    """Maps onto `distill.components.ComponentConfig` and, with ``mode: formula``,
+    `distill.discover.DiscoverConfig`, for each student with ``extract: true``.
 
+    ``mode: components`` (the default) reads a student as named parts (main effects, the
+    ``interactions`` strongest pairwise interactions), each a formula, an indicator table, a curve or a
+    surface, whose formula is their sum. ``mode: formula`` also searches one expression for the whole
+    student (for exact laws); it is kept only if it is finite on every row and reaches ``min_r2`` on
+    held-out rows. ``seconds`` bounds the whole stage per student.
+    """
+
+    mode: Literal["components", "formula"] = "components"
     seconds: float = Field(default=600.0, gt=0, le=86_400)
     rows: Annotated[int, Field(gt=0, le=100_000)] = 1500
+    interactions: Annotated[int, Field(ge=0, le=16)] = 3
+    min_share: float = Field(default=0.005, ge=0, le=1)
+    tolerance: float = Field(default=0.002, ge=0, le=1)
+    min_r2: float = Field(default=0.5, le=1)
     hidden: Annotated[int, Field(gt=0, le=64)] | None = 5
     simplicity_margin: float = Field(default=0.01, ge=0)
     complexity_weight: float = Field(default=2.0, ge=0)
@@ -208,6 +244,11 @@ class RunConfig(Strict):
                     Template(template).check(schema)
                 except ValueError as err:
                     raise ValueError(f"teacher.template: {err}") from None
+            if self.teacher.templates is not None:
+                try:
+                    Templates.of(self.teacher.templates).check(schema)
+                except ValueError as err:
+                    raise ValueError(f"teacher.{err}") from None
             labels = self.labels()
             for student in self.students:
                 unknown = [label for label in student.labels or [] if labels is not None and label not in labels]
@@ -241,17 +282,30 @@ class RunConfig(Strict):
             return diabetes_schema()
         if self.features is not None:
             try:
-                return FeatureSchema.from_dict(
+                schema = FeatureSchema.from_dict(
                     [{k: v for k, v in f.model_dump().items() if v is not None and (k != "integer" or f.values is None)}
                      for f in self.features])  # fmt: skip
             except SchemaError as err:
                 raise ValueError(f"features: {err}") from None
+            if self.teacher.templates is None:
+                return schema
+            if TEMPLATE_FEATURE in schema.names:
+                raise ValueError(f"features: the name {TEMPLATE_FEATURE!r} is taken by teacher.templates (each row's "
+                                 "paraphrase); rename that feature")  # fmt: skip
+            try:
+                return Templates.of(self.teacher.templates).extend(schema)
+            except ValueError as err:
+                raise ValueError(f"teacher.{err}") from None
         return LOAN_SCHEMA if self.teacher.kind == "embedded_llama" else None
 
     def template(self) -> str | None:
         return LOAN_TEMPLATE if self.teacher.kind == "embedded_llama" else self.teacher.template
 
-    def labels(self) -> dict[str, str] | None:
+    def templates(self) -> dict[str, str] | None:
+        """The paraphrases by name (``teacher.templates``), or None for one template."""
+        return Templates.of(self.teacher.templates).texts if self.teacher.templates is not None else None
+
+    def labels(self) -> dict[str, str | list[str]] | None:
         return LOAN_LABELS if self.teacher.kind == "embedded_llama" else self.teacher.labels
 
 

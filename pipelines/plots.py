@@ -81,3 +81,41 @@ def importance_plot(path: Path, importance: dict[str, float]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def component_plot(path: Path, component, ylabel: str) -> None:
+    """One component of a student (`distill.components.Component`): a curve or formula as a line over its
+    grid, a table as bars, a pairwise interaction as a heatmap; titled with its share of the variance."""
+    title = f"{plain_text(component.name)}: {component.kind}, {component.variance_share:.1%} of the variance"
+    axes = [np.arange(len(a)) if a and isinstance(a[0], str) else np.asarray(a, dtype=float) for a in component.grid]
+    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    if len(component.grid) == 1:
+        if isinstance(component.grid[0][0], str):
+            ax.bar(axes[0], component.values, color="#3b6ea8")
+            ax.set_xticks(axes[0], [plain_text(v) for v in component.grid[0]], fontsize=8)
+        else:
+            ax.plot(axes[0], component.values, color="#3b6ea8", lw=2)
+        ax.set_xlabel(plain_text(component.features[0]), fontsize=9)
+        ax.set_ylabel(plain_text(ylabel), fontsize=8)
+    else:
+        image = ax.pcolormesh(*(_edges(a) for a in reversed(axes)), component.values, cmap="RdBu_r",
+                              vmin=-np.abs(component.values).max(), vmax=np.abs(component.values).max())  # fmt: skip
+        fig.colorbar(image, ax=ax).set_label(plain_text(ylabel), fontsize=8)
+        for axis, grid, set_ticks in ((axes[1], component.grid[1], ax.set_xticks),
+                                      (axes[0], component.grid[0], ax.set_yticks)):  # fmt: skip
+            if isinstance(grid[0], str):
+                set_ticks(axis, [plain_text(v) for v in grid], fontsize=8)
+        ax.set_xlabel(plain_text(component.features[1]), fontsize=9)
+        ax.set_ylabel(plain_text(component.features[0]), fontsize=9)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Cell edges around grid points, for `pcolormesh`."""
+    if len(centres) == 1:
+        return np.asarray([centres[0] - 0.5, centres[0] + 0.5])
+    middle = (centres[1:] + centres[:-1]) / 2
+    return np.concatenate([[2 * centres[0] - middle[0]], middle, [2 * centres[-1] - middle[-1]]])

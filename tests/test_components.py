@@ -228,3 +228,26 @@ def test_discover_never_returns_a_formula_that_is_nan_on_part_of_the_data(monkey
     monkeypatch.setattr(discover, "extract_formula", lambda *a, **k: Bad())
     with pytest.raises(FloatingPointError, match="no candidate is finite"):
         discover_formula(x, y, ["z"], DiscoverConfig(hidden=None, log_target=False))
+
+
+def test_extraction_of_a_ten_feature_teacher_keeps_its_time_budget(tmp_path):
+    """``extract.seconds`` bounds the whole stage, the single-expression search included."""
+    from pipelines.config import parse_config
+    from pipelines.runner import run
+    from pipelines.surrogate import Surrogate
+
+    config = parse_config({"name": "budget", "teacher": {"kind": "diabetes_mlp"}, "inputs": {"rows": 1000},
+                           "students": [{"name": "progression", "targets": ["progression"]}],
+                           "train": {"hidden": [4], "steps": 30, "refine_grid": 6},
+                           "extract": {"mode": "formula", "seconds": 20, "rows": 600, "hidden": 5}})  # fmt: skip
+    run(config, tmp_path, stages=("targets", "train"), progress=False)
+    start = time.monotonic()
+    run(config, tmp_path, stages=("extract",), progress=False)
+    assert time.monotonic() - start < 40
+    surrogate = Surrogate.from_run(tmp_path, "progression")
+    assert surrogate.components()  # (this small student fits its teacher poorly: issue 11's work)
+    x = {
+        name: [f.low, f.high, (f.low + f.high) / 2]
+        for name, f in zip(surrogate.schema.names, surrogate.schema.features, strict=True)
+    }
+    assert np.isfinite(surrogate.predict(x, source="formula")).all()

@@ -17,11 +17,13 @@ import sympy
 import torch
 import yaml
 
+from distill.formula import Indicator
 from pipelines.cli import main
 from pipelines.config import ConfigError, load_config, parse_config
 from pipelines.demo import CONFIGS, quick_config
 from pipelines.runner import run
 from pipelines.surrogate import Surrogate
+from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -60,7 +62,8 @@ def test_the_demo_report_holds_formulas_plots_and_verdicts(demo):
     parser = Images()
     parser.feed((report / "index.html").read_text())
     assert parser.sections == ["summary", "teacher", "student-decision", "provenance"]
-    assert len(parser.images) == 6  # formula, 4 shape functions, importance
+    assert len(parser.images) == 9  # formula, 3 components (income, debt, gender), 4 shape functions, importance
+    assert "### Components" in markdown and "[gender = male]" in markdown and "main effects only" in markdown
     for src in parser.images:  # one file: every image is embedded
         assert src.startswith("data:image/png;base64,") and base64.b64decode(src[22:])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "teacher_mean_abs_change" not in markdown and "Prompt template (verbatim" in markdown
@@ -105,26 +108,61 @@ window.addEventListener("load", () => {
     finally:
         copy.unlink()
     check = json.loads(re.search(r'<pre id="render-check">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
-    assert check["broken"] == [] and check["images"] == 6, check
+    assert check["broken"] == [] and check["images"] == 9, check
     assert check["sections"] == ["summary", "teacher", "student-decision", "provenance"]
+
+
+def _linear_terms(formula: sympy.Expr) -> dict[str, float]:
+    """The coefficient of each feature and each ``[feature = value]`` in a sum of linear terms (and "1")."""
+    terms = {}
+    for term in sympy.Add.make_args(sympy.expand(formula)):
+        coefficient, rest = term.as_coeff_Mul()
+        key = "1" if rest == 1 else str(rest)
+        assert key == "1" or (len(rest.free_symbols) == 1 and (rest.is_Symbol or isinstance(rest, Indicator))), term
+        terms[key] = float(coefficient)
+    return terms
 
 
 def test_the_planted_rule_is_recovered_in_the_formula(demo):
     surrogate = Surrogate.from_run(demo[1] / "loan", "decision")
-    formula = surrogate.formula()
-    income, debt, gender = (sympy.Symbol(n, real=True) for n in ("income", "debt", "gender"))
-    poly = sympy.Poly(sympy.expand(formula), income, debt, gender)
-    assert poly.total_degree() == 1, formula
+    terms = _linear_terms(surrogate.formula())
     # The teacher learns the rule from 500 steps of soft targets (its log-odds match the rule to R^2 ~0.99)
-    # and the formula is that of the student's additive part: 20% on each slope, 0.5 on the intercept.
-    assert poly.coeff_monomial(income) == pytest.approx(0.08, rel=0.2)
-    assert poly.coeff_monomial(debt) == pytest.approx(-0.15, rel=0.2)
-    assert poly.coeff_monomial(gender) == pytest.approx(-1.0, rel=0.2)
-    assert poly.coeff_monomial(1) == pytest.approx(-2.0, abs=0.5)
-    prediction = surrogate.predict({"age": [30], "income": [90], "debt": [5], "gender": ["male"]})
+    # and the formula is that of the student's components: 20% on each slope and on the protected effect.
+    # The gender baseline is the alphabetically first value (female): the planted -1.0 [female] reads +1.0 [male].
+    assert set(terms) == {"income", "debt", "[gender = male]", "1"}, terms
+    assert terms["income"] == pytest.approx(0.08, rel=0.2)
+    assert terms["debt"] == pytest.approx(-0.15, rel=0.2)
+    assert terms["[gender = male]"] == pytest.approx(1.0, rel=0.2)
+    assert terms["1"] == pytest.approx(-3.0, abs=0.5)
+    applicant = {"age": [30], "income": [90], "debt": [5], "gender": ["male"]}
+    prediction = surrogate.predict(applicant)
     assert prediction[0, 0] == pytest.approx(0.08 * 90 - 0.15 * 5 - 2, abs=0.6)
+    assert surrogate.predict(applicant, source="formula")[0, 0] == pytest.approx(prediction[0, 0], abs=0.3)
+    assert surrogate.predict(applicant, source="components")[0, 0] == pytest.approx(prediction[0, 0], abs=0.3)
+    parts = {c.name: c for c in surrogate.components()}
+    assert {"income", "debt", "gender"} <= set(parts) and parts["gender"].kind == "table"
+    assert parts["gender"].grid == (("male", "female"),) and "age" not in parts
     contributions = surrogate.explain({"age": [30], "income": [90], "debt": [5], "gender": ["female"]})
     assert contributions["gender"][0, 0] < -0.5 and abs(contributions["age"][0, 0]) < 0.2
+
+
+def test_the_formula_is_the_same_when_the_config_lists_the_genders_in_the_other_order(tmp_path, loan_llama):
+    """Indicator terms: the meaning, and the terms, never depend on the order of a category's values."""
+    terms = []
+    for genders in (["male", "female"], ["female", "male"]):
+        features = [{k: v for k, v in f.items() if k != "kind"} for f in LOAN_SCHEMA.to_dict()]
+        features = [f if f["name"] != "gender" else {**f, "values": genders} for f in features]
+        config = parse_config({"name": "order", "features": features, "inputs": {"rows": 1500, "seed": 0},
+                               "teacher": {"kind": "causal_lm", "path": str(loan_llama), "template": LOAN_TEMPLATE,
+                                           "labels": LOAN_LABELS},
+                               "students": [{"name": "decision", "labels": ["yes", "no"]}],
+                               "train": {"hidden": [5], "grid": 5, "refine_grid": 10, "steps": 40},
+                               "extract": {"rows": 800}})  # fmt: skip
+        run(config, tmp_path / genders[0], stages=("targets", "train", "extract"), progress=False)
+        terms.append(_linear_terms(Surrogate.from_run(tmp_path / genders[0], "decision").formula()))
+    assert set(terms[0]) == set(terms[1]) == {"income", "debt", "[gender = male]", "1"}
+    for key in terms[0]:
+        assert terms[1][key] == pytest.approx(terms[0][key], rel=0.2, abs=0.02), (key, terms)
 
 
 def test_without_a_planted_effect_the_audit_does_not_flag(tmp_path):

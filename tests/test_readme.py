@@ -21,6 +21,7 @@ import pytest
 import sympy
 import torch
 
+from distill.formula import evaluate
 from pipelines.cli import main
 from pipelines.config import load_config
 from teachers.embedded import LOAN_TEMPLATE
@@ -143,11 +144,11 @@ def test_the_surrogate_block(tmp_path, monkeypatch, demo):
     decision, applicant = ns["decision"], ns["applicant"]
     predicted = decision.predict(applicant)
     assert predicted.shape == (1, 1) and np.isfinite(predicted).all()
-    formula = decision.formula()
-    row = decision.encode(applicant)[0]
     names = decision.schema.names
-    value = float(formula.subs({s: row[names.index(s.name)] for s in formula.free_symbols}))
-    assert abs(value - predicted[0, 0]) < 0.5  # the formula stands for the student
+    value = evaluate(decision.formula(), names, applicant)  # raw values: the category as its string
+    assert abs(value[0] - predicted[0, 0]) < 0.5  # the formula stands for the student
+    assert decision.predict(applicant, source="formula")[0, 0] == pytest.approx(value[0])
+    assert {c.name for c in decision.components()} == {"income", "debt", "gender"}
     contributions = decision.explain(applicant)
     assert list(contributions) == names and all(c.shape == (1, 1) for c in contributions.values())
     assert contributions["gender"][0, 0] < -0.3 < 0.3 < contributions["income"][0, 0]  # the planted rule's signs

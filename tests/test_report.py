@@ -188,8 +188,8 @@ def test_a_formula_that_mathtext_cannot_read_still_renders(tmp_path):
 @pytest.mark.parametrize(
     ("kind", "fields"),
     [
-        ("causal_lm", ("path", "template", "labels", "taps", "dtype", "device_map", "trust_remote_code", "revision",
-                       "batch_size")),
+        ("causal_lm", ("path", "template", "templates", "chat", "labels", "taps", "dtype", "device_map",
+                       "trust_remote_code", "revision", "batch_size")),
         ("encoder", ("path", "template", "references", "dtype", "trust_remote_code", "revision", "batch_size")),
         ("mlp", ("path",)),
         ("embedded_llama", ("rule", "train_steps", "taps", "batch_size")),
