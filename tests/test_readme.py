@@ -41,8 +41,10 @@ RUN = (CONFIG, SURROGATE, STUDENT, EXTRACTION, TEACHER, DISTILL, TRAIN_CLI, DEMO
 
 # The blocks not run here, each found by a line it holds, and why.
 SKIPPED = {
-    ".venv/bin/kandistill demo": "creates .venv, installs the package and runs the full demo (minutes); "
+    "pip install -e . -c constraints.txt": "creates .venv, installs the package and runs the full demo (minutes); "
     "tests/test_pipeline.py runs the quick demo in-process",
+    "kandistill demo --real": "installs the smollm2 extra and runs the real-model demo (minutes); "
+    "tests/test_smollm2.py runs the same path through the CLI on a small config",
     ".venv/bin/python -m pytest": "creates .venv, installs the dev extras and runs the whole suite, this test included",
     "kandistill run CONFIG": "the commands' usage, with placeholders (CONFIG, runs/NAME); tests/test_cli.py runs them",
     "run config ──► pipelines": "a diagram, not code",
