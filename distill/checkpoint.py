@@ -1,11 +1,12 @@
 """Training checkpoints: a student, its optimiser's state and the loop's state, in one folder.
 
-The folder holds the KAN (``save_pretrained``: ``config.json`` + ``model.safetensors``), the
-optimiser's tensors (``optimizer.safetensors``; Adam's moments or L-BFGS's history) and
-``state.json`` (everything else: phase, step, members, the cache's fingerprint, the optimiser's
-non-tensor state). It is written whole under a temporary name and swapped in by two renames, so a
-kill leaves the previous checkpoint or the new one, never a mix; `recover_checkpoint` finishes a
-swap that a kill cut between its renames. No pickle anywhere.
+The folder holds the KAN (``save_pretrained``: ``config.json`` + ``model.safetensors``), optionally
+the best snapshot of every member so far (``snapshot/``, saved the same way), the optimiser's
+tensors (``optimizer.safetensors``; Adam's moments or L-BFGS's history) and ``state.json``
+(everything else: phase, step, members, the cache's fingerprint, the optimiser's non-tensor state).
+It is written whole under a temporary name and swapped in by two renames, so a kill leaves the
+previous checkpoint or the new one, never a mix; `recover_checkpoint` finishes a swap that a kill
+cut between its renames. No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -54,12 +55,21 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     optimizer.load_state_dict(state)
 
 
-def save_checkpoint(folder: Path, model: KAN, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
-    """Write the checkpoint under a temporary name, then swap it in for the previous one."""
+def save_checkpoint(
+    folder: Path,
+    model: KAN,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    snapshot: KAN | None = None,
+) -> None:
+    """Write the checkpoint (with ``snapshot``, the best weights so far, if given) under a temporary name,
+    then swap it in for the previous one."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp / "model")
+    if snapshot is not None:
+        snapshot.save_pretrained(tmp / "snapshot")
     tensors: dict[str, torch.Tensor] = {}
     record = {**state, "optimizer": flatten_state(optimizer.state_dict(), "", tensors) if optimizer else None}
     save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -105,3 +115,9 @@ def load_checkpoint(folder: Path) -> tuple[KAN, dict[str, Any] | None, dict[str,
     tensors = {name: t.clone() for name, t in load_file(str(folder / "optimizer.safetensors")).items()}
     optimizer = state.pop("optimizer")
     return KAN.from_pretrained(folder / "model"), unflatten_state(optimizer, tensors) if optimizer else None, state
+
+
+def load_snapshot(folder: Path) -> KAN | None:
+    """The best-so-far snapshot saved with the checkpoint in ``folder``, or None if it holds none."""
+    path = Path(folder) / "snapshot"
+    return KAN.from_pretrained(path) if (Path(folder) / "state.json").is_file() and path.is_dir() else None

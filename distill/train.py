@@ -44,11 +44,17 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from distill.checkpoint import load_checkpoint, load_optimizer_state, recover_checkpoint, save_checkpoint
+from distill.checkpoint import (
+    load_checkpoint,
+    load_optimizer_state,
+    load_snapshot,
+    recover_checkpoint,
+    save_checkpoint,
+)
 from distill.fidelity import label_fidelity, scalar_fidelity
 from distill.losses import DEFAULT_LOSS, LOSSES, distillation_loss
 from distill.targets import SoftTargetCache
-from students import KAN
+from students import KAN, smoothness_penalty
 from students.persistence import atomic_write_bytes
 from teachers.base import hash_json
 from teachers.names import InvalidNameError, check_slug
@@ -121,7 +127,18 @@ class StudentSpec:
 
 @dataclass
 class TrainConfig:
-    """The students' shape and the KAN schedule; every field maps onto the loop below."""
+    """The students' shape and the KAN schedule; every field maps onto the loop below.
+
+    The recipe options (defaults: the plain schedule): ``members`` seeds per student train side by
+    side in the ensemble and the one with the lowest held-out loss becomes the student;
+    ``schedule="cosine"`` gives Adam a linear warm-up over ``warmup`` of its steps, then a cosine
+    decay to zero; ``polish_steps`` L-BFGS steps then polish each chosen student; ``smoothness``
+    weighs the P-spline penalty (`students.smoothness_penalty`); ``grid_uniform_fraction`` and
+    ``grid_margin`` (a share of each input's range) shape the grid updates of the first steps
+    (``1.0``: uniform grids, whose closed-form basis is the fast one); ``selection_fraction`` of
+    the training rows, when set, decides early stopping, snapshots and the choice of member, so that
+    the validation rows that the fidelity is measured on take no part in training at all.
+    """
 
     hidden: list[int] = field(default_factory=lambda: [5])
     grid: int = 5
@@ -140,6 +157,14 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     lbfgs_max_rows: int = 50_000
+    members: int = 1
+    schedule: str = "constant"
+    warmup: float = 0.05
+    polish_steps: int = 0
+    smoothness: float = 0.0
+    grid_uniform_fraction: float = 0.02
+    grid_margin: float = 0.0
+    selection_fraction: float = 0.0
     mixed_precision: str = "no"
     log_with: str | None = None
     progress: bool = True
@@ -150,11 +175,21 @@ class TrainConfig:
             raise TrainError(f"hidden: expected positive integers, got {self.hidden}")
         if self.optimizer not in ("auto", "lbfgs", "adam"):
             raise TrainError(f"optimizer: expected auto, lbfgs or adam, got {self.optimizer!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise TrainError(f"schedule: expected constant or cosine, got {self.schedule!r}")
         if not 0 < self.validation_fraction < 1:
             raise TrainError(f"validation_fraction: expected a number in (0, 1), got {self.validation_fraction}")
-        for name in ("grid", "k", "eval_every", "patience", "checkpoint_every"):
+        for name in ("grid", "k", "eval_every", "patience", "checkpoint_every", "members"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise TrainError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.polish_steps, int) or self.polish_steps < 0:
+            raise TrainError(f"polish_steps: expected a non-negative integer, got {self.polish_steps!r}")
+        for name, low, high in (("warmup", 0, 1), ("grid_uniform_fraction", 0, 1), ("selection_fraction", 0, 0.9)):
+            if not low <= getattr(self, name) <= high:
+                raise TrainError(f"{name}: expected a number in [{low}, {high}], got {getattr(self, name)!r}")
+        for name in ("smoothness", "grid_margin"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise TrainError(f"{name}: expected a non-negative number, got {getattr(self, name)!r}")
 
     def optimizer_for(self, members: int, rows: int) -> str:
         if self.optimizer != "auto":
@@ -166,6 +201,17 @@ class TrainConfig:
 
     def lr_for(self, optimizer: str) -> float:
         return self.lr if self.lr is not None else (1.0 if optimizer == "lbfgs" else 1e-2)
+
+
+def learning_rate(step: int, steps: int, lr: float, schedule: str, warmup: float) -> float:
+    """Adam's learning rate at ``step`` of ``steps`` (a function of the count alone, so a resumed run
+    follows the same schedule): constant, or a linear warm-up then a cosine decay to zero."""
+    if schedule == "constant":
+        return lr
+    ramp = max(1, round(warmup * steps))
+    if step < ramp:
+        return lr * (step + 1) / ramp
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - ramp) / max(1, steps - ramp)))
 
 
 @dataclass
@@ -230,14 +276,20 @@ def _slice_optimizer_state(state: dict, keep: list[int]) -> dict:
 
 
 class GroupTrainer:
-    """Trains one ensemble of students through the KAN schedule; see the module docstring."""
+    """Trains one ensemble of students through the KAN schedule; see the module docstring.
+
+    With ``members`` M > 1 the ensemble holds M members per student (student ``i``'s are ``i * M``
+    to ``i * M + M - 1``, seeded ``seed_i + m * MEMBER_SEED_STRIDE``) until the ``select`` phase
+    keeps each student's best; ``rows[e]`` says which row of the group's targets member ``e`` learns.
+    """
 
     def __init__(self, names: list[str], specs: list[StudentSpec], data: GroupData, config: TrainConfig,
                  accelerator: Accelerator, folder: Path, cache_fingerprint: str) -> None:  # fmt: skip
         self.names, self.specs, self.data, self.config = names, specs, data, config
         self.accelerator, self.folder = accelerator, folder
         rows = len(data.x_train)
-        self.optimizer_name = config.optimizer_for(len(specs), rows)
+        self.rows = list(range(len(specs) * config.members))
+        self.optimizer_name = config.optimizer_for(len(self.rows), rows)
         self.steps = config.steps_for(self.optimizer_name)
         self.phases = ["fit"]
         if config.sparse_steps:
@@ -246,6 +298,11 @@ class GroupTrainer:
             self.phases += ["refine"]
         if len(self.phases) > 1:
             self.phases += ["refit"]
+        if config.members > 1:
+            self.phases += ["select"]
+        if config.polish_steps:
+            self.phases += [f"polish{i}" for i in range(len(specs))]
+        self.selection: list[dict] | None = None
         self.key = {"cache": cache_fingerprint, "config": asdict(config), "students": [asdict(s) for s in specs]}
         rank, world = accelerator.process_index, accelerator.num_processes
         if rows < world:
@@ -255,12 +312,21 @@ class GroupTrainer:
         # weighted by its share, so that the average over processes is the mean over all rows.
         self.shard_weight = len(self.local_rows) * world / rows
 
+    def phase_steps(self, phase: str) -> int:
+        if phase in ("prune", "refine", "select"):
+            return 0
+        return self.config.polish_steps if phase.startswith("polish") else self.steps
+
     # -- the loss, per member, in the units the loss is defined in --
+    def target_rows(self, members: list[int]) -> list[int]:
+        return [self.rows[e] for e in members]
+
     def member_loss(self, prediction: torch.Tensor, target: torch.Tensor, members: list[int]) -> torch.Tensor:
         spec = self.specs[0]
         if spec.loss_name in ("mse", "mse_logodds"):
             return distillation_loss(spec.loss_name, prediction, target)
-        mean, std = self.data.y_mean[members][:, None], self.data.y_std[members][:, None]
+        rows = self.target_rows(members)
+        mean, std = self.data.y_mean[rows][:, None], self.data.y_std[rows][:, None]
         return distillation_loss(spec.loss_name, prediction * std + mean, target * std + mean, spec.temperature)
 
     def validation_loss(self, model: KAN, members: list[int]) -> torch.Tensor:
@@ -268,14 +334,15 @@ class GroupTrainer:
             return self.member_loss(model(self.data.x_val), self.standardised_val(members), members)
 
     def standardised_val(self, members: list[int]) -> torch.Tensor:
-        return (self.data.y_val[members] - self.data.y_mean[members][:, None]) / self.data.y_std[members][:, None]
+        rows = self.target_rows(members)
+        return (self.data.y_val[rows] - self.data.y_mean[rows][:, None]) / self.data.y_std[rows][:, None]
 
-    def make_optimizer(self, model: KAN) -> torch.optim.Optimizer:
-        lr = self.config.lr_for(self.optimizer_name)
-        if self.optimizer_name == "lbfgs":
+    def make_optimizer(self, model: KAN, name: str) -> torch.optim.Optimizer:
+        if name == "lbfgs":
+            lr = self.config.lr_for(name) if name == self.optimizer_name else 1.0
             return torch.optim.LBFGS(model.parameters(), lr=lr, history_size=10, line_search_fn="strong_wolfe",
                                      tolerance_grad=1e-32, tolerance_change=1e-32)  # fmt: skip
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.Adam(model.parameters(), lr=self.config.lr_for(name))
 
     def _average(self, model: KAN, loss: torch.Tensor) -> torch.Tensor:
         """Average the gradients (and the loss) over processes: data parallelism, as DDP does it."""
@@ -291,7 +358,7 @@ class GroupTrainer:
 
     def step(self, model: KAN, optimizer: torch.optim.Optimizer, members: list[int], penalty: bool) -> float:
         x = self.data.x_train[self.local_rows]
-        y = self.data.y_train[members][:, self.local_rows]
+        y = self.data.y_train[self.target_rows(members)][:, self.local_rows]
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
@@ -301,6 +368,8 @@ class GroupTrainer:
                 else:
                     prediction, reg = model(x), 0.0
                 loss = self.member_loss(prediction.float(), y, members).sum() + reg
+                if self.config.smoothness:
+                    loss = loss + self.config.smoothness * smoothness_penalty(model).sum()
                 if self.accelerator.num_processes > 1:
                     loss = loss * self.shard_weight
             loss.backward()
@@ -309,12 +378,13 @@ class GroupTrainer:
         return float(optimizer.step(closure))
 
     # -- checkpoints --
-    def save(self, full: KAN, optimizer: torch.optim.Optimizer | None, state: dict) -> None:
+    def save(self, full: KAN, optimizer: torch.optim.Optimizer | None, state: dict,
+             snapshot: KAN | None = None) -> None:  # fmt: skip
         if self.accelerator.is_main_process:
-            save_checkpoint(self.folder, full, optimizer, {**state, "key": hash_json(self.key)})
+            save_checkpoint(self.folder, full, optimizer, {**state, "key": hash_json(self.key)}, snapshot)
         self.accelerator.wait_for_everyone()
 
-    def resume(self) -> tuple[KAN, dict | None, dict] | None:
+    def resume(self) -> tuple[KAN, dict | None, dict, KAN | None] | None:
         if self.accelerator.is_main_process:
             recover_checkpoint(self.folder)
         self.accelerator.wait_for_everyone()
@@ -325,52 +395,87 @@ class GroupTrainer:
         if state.pop("key") != hash_json(self.key):
             raise TrainError(f"{self.folder}: this checkpoint was made for another cache, config or set of "
                              "students; use another output folder or delete it")  # fmt: skip
-        return full, optimizer, state
+        return full, optimizer, state, load_snapshot(self.folder)
 
     # -- the schedule --
-    def run(self) -> KAN:
+    def initial_members(self) -> list[KAN]:
         config = self.config
+        seeds = [config.seed + i if s.seed is None else s.seed for i, s in enumerate(self.specs)]
+        return [KAN(self.config_width(), grid=config.grid, k=config.k, seed=seed + m * MEMBER_SEED_STRIDE)
+                for seed in seeds for m in range(config.members)]  # fmt: skip
+
+    def run(self) -> KAN:
         resumed = self.resume()
         if resumed is None:
-            seeds = [config.seed + i if s.seed is None else s.seed for i, s in enumerate(self.specs)]
-            full = KAN.stack([KAN(self.config_width(), grid=config.grid, k=config.k, seed=s) for s in seeds])
-            state = {"phase": 0, "step": 0, "active": list(range(len(self.specs))), "best": {}, "stale": {}}
-            optimizer_state = None
+            full = KAN.stack(self.initial_members())
+            state = self.phase_start(0, {})
+            optimizer_state, snapshot = None, None
         else:
-            full, optimizer_state, state = resumed
+            full, optimizer_state, state, snapshot = resumed
             logger.info("resuming %s at phase %s step %d", self.folder.name, self.phases[min(state["phase"],
                         len(self.phases) - 1)], state["step"])  # fmt: skip
-        total = len(self.phases) * self.steps
+        self.rows = state.get("rows", self.rows)
+        self.selection = state.get("selection")
+        total = sum(max(self.phase_steps(p), 1) for p in self.phases)
         progress = tqdm(total=total, desc=f"students {', '.join(self.names)[:40]}",
-                        disable=not (self.accelerator.is_main_process and config.progress) or None)  # fmt: skip
-        progress.update(min(state["phase"], len(self.phases)) * self.steps + state["step"])
+                        disable=not (self.accelerator.is_main_process and self.config.progress) or None)  # fmt: skip
+        progress.update(sum(max(self.phase_steps(p), 1) for p in self.phases[: state["phase"]]) + state["step"])
         while state["phase"] < len(self.phases):
             phase = self.phases[state["phase"]]
-            if phase in ("prune", "refine"):
-                full = (full.prune(self.data.x_train, edge_threshold=config.prune_threshold) if phase == "prune"
-                        else full.refine(config.refine_grid))  # fmt: skip
-                state = {**state, "phase": state["phase"] + 1, "step": 0, "best": {}, "stale": {},
-                         "active": list(range(len(self.specs)))}  # fmt: skip
-                progress.update(self.steps)
+            if phase in ("prune", "refine", "select"):
+                full = self.reshape(full, phase)
+                state = self.phase_start(state["phase"] + 1, state)
+                progress.update(1)
                 self.save(full, None, state)
                 continue
-            full, state = self.train_phase(full, state, optimizer_state, phase, progress)
-            optimizer_state = None
+            full, state = self.train_phase(full, state, optimizer_state, snapshot, phase, progress)
+            optimizer_state, snapshot = None, None
         progress.close()
         return full
+
+    def phase_start(self, phase: int, previous: dict) -> dict:
+        """The loop's state at the start of phase ``phase``: who trains (one student in a polish phase)."""
+        name = self.phases[phase] if phase < len(self.phases) else ""
+        active = [int(name.removeprefix("polish"))] if name.startswith("polish") else list(range(len(self.rows)))
+        state = {"phase": phase, "step": 0, "active": active, "best": {}, "stale": {}, "rows": self.rows}
+        return state | ({"selection": self.selection} if self.selection is not None else {})
+
+    def reshape(self, full: KAN, phase: str) -> KAN:
+        """The phases that change the ensemble without training: prune, refine, select."""
+        if phase == "prune":
+            return full.prune(self.data.x_train, edge_threshold=self.config.prune_threshold)
+        if phase == "refine":
+            return full.refine(self.config.refine_grid)
+        losses = self.validation_loss(full, list(range(full.ensemble))).tolist()
+        m = self.config.members
+        chosen = [min(range(i * m, i * m + m), key=lambda e: (losses[e], e)) for i in range(len(self.specs))]
+        self.selection = [{"member": e - i * m, "members": m, "validation_losses": losses[i * m : i * m + m]}
+                          for i, e in enumerate(chosen)]  # fmt: skip
+        logger.info("chose members %s of %d by held-out loss", [s["member"] for s in self.selection], m)
+        self.rows = self.target_rows(chosen)
+        return KAN.stack([full.member(e) for e in chosen])
 
     def config_width(self) -> list[int]:
         return [self.data.x_train.shape[1], *self.config.hidden, self.specs[0].n_outputs]
 
-    def train_phase(self, full: KAN, state: dict, optimizer_state: dict | None, phase: str, progress: tqdm):
+    def train_phase(self, full: KAN, state: dict, optimizer_state: dict | None, snapshot: KAN | None, phase: str,
+                    progress: tqdm) -> tuple[KAN, dict]:  # fmt: skip
+        """One training phase; the best weights of each member by held-out loss (``snapshot``) end it."""
+        config, steps = self.config, self.phase_steps(phase)
+        kind = "lbfgs" if phase.startswith("polish") else self.optimizer_name
         members = list(state["active"])
         model = KAN.stack([full.member(e) for e in members]) if len(members) < full.ensemble else full
-        optimizer = self.make_optimizer(model)
+        optimizer = self.make_optimizer(model, kind)
         if optimizer_state is not None:
             load_optimizer_state(optimizer, optimizer_state)
         best = {int(k): v for k, v in state["best"].items()}
         stale = {int(k): v for k, v in state["stale"].items()}
         step = state["step"]
+        evaluate = phase != "sparsify"
+        if snapshot is None:
+            snapshot = full._copy()
+        if evaluate and step == 0:  # the starting point counts: a phase never ends worse than it began
+            best.update(zip(members, self.validation_loss(model, members).tolist(), strict=True))
 
         def write_back() -> KAN:
             if model is full:
@@ -378,48 +483,69 @@ class GroupTrainer:
             rows = {e: model.member(i) for i, e in enumerate(members)}
             return KAN.stack([rows[e] if e in rows else full.member(e) for e in range(full.ensemble)])
 
-        while step < self.steps and members:
+        while step < steps and members:
             if phase == "fit" and step % 10 == 0 and step <= 50:
-                model.update_grid(self.data.x_train)
+                model.update_grid(self.data.x_train, config.grid_uniform_fraction, relative_margin=config.grid_margin)
+            if kind == "adam":
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step, steps, config.lr_for(kind), config.schedule, config.warmup)
             loss = self.step(model, optimizer, members, penalty=phase == "sparsify")
             if not math.isfinite(loss):
                 raise FloatingPointError(f"students {self.names}: the training loss became {loss} in phase "
                                          f"{phase} at step {step}; lower the learning rate")  # fmt: skip
             step += 1
             progress.update(1)
-            if phase != "sparsify" and (step % self.config.eval_every == 0 or step == self.steps):
+            if evaluate and (step % config.eval_every == 0 or step == steps):
                 val = self.validation_loss(model, members).tolist()
-                self.accelerator.log({f"{self.names[e]}/{phase}_val_loss": v for e, v in zip(members, val,
-                                      strict=True)}, step=step)  # fmt: skip
-                stopped = []
-                for e, v in zip(members, val, strict=True):
+                self.accelerator.log({f"{self.names[min(self.rows[e] // config.members, len(self.names) - 1)]}/"
+                                      f"{phase}_val_loss": v for e, v in zip(members, val, strict=True)},
+                                     step=step)  # fmt: skip
+                stopped, improved = [], []
+                for i, (e, v) in enumerate(zip(members, val, strict=True)):
                     if v < best.get(e, math.inf) * (1 - 1e-4):
                         best[e], stale[e] = v, 0
+                        improved.append((i, e))
                     else:
                         stale[e] = stale.get(e, 0) + 1
-                        if stale[e] >= self.config.patience:
+                        if stale[e] >= config.patience:
                             stopped.append(e)
+                copy_members(model, snapshot, improved)
                 if stopped:
                     full = write_back()
                     keep = [i for i, e in enumerate(members) if e not in stopped]
                     members = [members[i] for i in keep]
-                    logger.info("early stop in %s at step %d: %s", phase, step, [self.names[e] for e in stopped])
+                    logger.info("early stop in %s at step %d: members %s", phase, step, stopped)
                     if members:
                         old = optimizer.state_dict()
                         model = KAN.stack([full.member(e) for e in members])
-                        optimizer = self.make_optimizer(model)
-                        if self.optimizer_name == "adam":
+                        optimizer = self.make_optimizer(model, kind)
+                        if kind == "adam":
                             load_optimizer_state(optimizer, _slice_optimizer_state(old, keep))
-            if members and step % self.config.checkpoint_every == 0 and step < self.steps:
+            if members and step % config.checkpoint_every == 0 and step < steps:
                 full = write_back()
-                self.save(full, optimizer, {"phase": state["phase"], "step": step, "active": members,
-                                            "best": best, "stale": stale})  # fmt: skip
-        full = write_back()
-        progress.update(self.steps - step)
-        state = {"phase": state["phase"] + 1, "step": 0, "active": list(range(len(self.specs))), "best": {},
-                 "stale": {}}  # fmt: skip
+                self.save(full, optimizer, {**state, "step": step, "active": members, "best": best, "stale": stale},
+                          snapshot if evaluate else None)  # fmt: skip
+        full = snapshot if evaluate else write_back()
+        progress.update(steps - step)
+        state = self.phase_start(state["phase"] + 1, state)
         self.save(full, None, state)
         return full, state
+
+
+MEMBER_SEED_STRIDE = 7919  # member m of a student seeded s starts from seed s + m * 7919
+
+
+@torch.no_grad()
+def copy_members(source: KAN, target: KAN, pairs: list[tuple[int, int]]) -> None:
+    """Copy member ``i`` of ``source`` into member ``e`` of ``target`` for each ``(i, e)`` (same shapes)."""
+    if not pairs:
+        return
+    weights = source.state_dict()
+    for name, tensor in target.state_dict().items():
+        for i, e in pairs:
+            tensor[e].copy_(weights[name][i])
+    for layer in target.layers:
+        layer.refresh()
 
 
 def group_specs(specs: Sequence[StudentSpec]) -> list[list[int]]:
@@ -454,6 +580,12 @@ def distill(
     low, high = schema.encoded_ranges()
     x = scale_inputs(cache.features(), low, high)
     train_rows, val_rows = split_rows(len(cache), config.validation_fraction, config.seed)
+    fit_rows, select_rows = train_rows, val_rows
+    if config.selection_fraction > 0:
+        if len(train_rows) < 2:
+            raise TrainError(f"selection_fraction: {len(train_rows)} training rows cannot be split further")
+        fit, select = split_rows(len(train_rows), config.selection_fraction, config.seed + 1)
+        fit_rows, select_rows = train_rows[fit], train_rows[select]
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
                               log_with=config.log_with, project_dir=str(out))  # fmt: skip
     if config.log_with:
@@ -463,23 +595,27 @@ def distill(
     fidelity: dict[str, dict[str, float]] = {}
     for group in group_specs(students):
         specs = [students[i] for i in group]
-        y = torch.as_tensor(np.stack([targets[s.name] for s in specs]), dtype=torch.float32)  # (E, rows, out)
+        y = torch.as_tensor(np.stack([targets[s.name] for s in specs]), dtype=torch.float32)  # (n, rows, out)
         mean, std = y[:, train_rows].mean(1), y[:, train_rows].std(1).clamp_min(1e-8)
-        data = GroupData(x[train_rows], (y[:, train_rows] - mean[:, None]) / std[:, None], x[val_rows],
-                         y[:, val_rows], mean, std)  # fmt: skip
+        # one row of targets per member: student i's members are i * M ... i * M + M - 1
+        each = config.members
+        data = GroupData(x[fit_rows], ((y[:, fit_rows] - mean[:, None]) / std[:, None]).repeat_interleave(each, 0),
+                         x[select_rows], y[:, select_rows].repeat_interleave(each, 0),
+                         mean.repeat_interleave(each, 0), std.repeat_interleave(each, 0))  # fmt: skip
         label = "+".join(s.name for s in specs)
         folder = out / "checkpoints" / (label if len(label) < 100 else hash_json(label)[:16])
-        ensemble = GroupTrainer([s.name for s in specs], specs, data, config, accelerator, folder,
-                                cache.fingerprint).run()  # fmt: skip
+        trainer = GroupTrainer([s.name for s in specs], specs, data, config, accelerator, folder, cache.fingerprint)
+        ensemble = trainer.run()
         with torch.no_grad():
-            prediction = ensemble(data.x_val) * std[:, None] + mean[:, None]
+            prediction = ensemble(x[val_rows]) * std[:, None] + mean[:, None]
         for e, spec in enumerate(specs):
             measure = label_fidelity if spec.kind == "labels" else scalar_fidelity
-            fidelity[spec.name] = measure(prediction[e], data.y_val[e])
+            fidelity[spec.name] = measure(prediction[e], y[e, val_rows])
             trained[spec.name] = ensemble.member(e)
             if accelerator.is_main_process:
                 save_student(out / "students" / spec.name, trained[spec.name], spec, schema, low, high,
-                             mean[e], std[e], fidelity[spec.name], cache)  # fmt: skip
+                             mean[e], std[e], fidelity[spec.name], cache,
+                             trainer.selection[e] if trainer.selection else None)  # fmt: skip
     if accelerator.is_main_process:
         atomic_write_bytes(out / "fidelity.json", json.dumps(fidelity, indent=2).encode())
     accelerator.wait_for_everyone()
@@ -490,8 +626,9 @@ def distill(
 
 def save_student(folder: Path, model: KAN, spec: StudentSpec, schema: FeatureSchema, low: np.ndarray,
                  high: np.ndarray, mean: torch.Tensor, std: torch.Tensor, fidelity: dict[str, float],
-                 cache: SoftTargetCache) -> None:  # fmt: skip
-    """The KAN (``save_pretrained``) and ``student.json``: what it learned and how to scale in and out."""
+                 cache: SoftTargetCache, selection: dict | None = None) -> None:  # fmt: skip
+    """The KAN (``save_pretrained``) and ``student.json``: what it learned and how to scale in and out
+    (and, when it was chosen among several members, which one and every member's held-out loss)."""
     model.save_pretrained(folder, provenance={"cache": cache.fingerprint, "student": spec.name})
     record = {
         "name": spec.name,
@@ -507,5 +644,5 @@ def save_student(folder: Path, model: KAN, spec: StudentSpec, schema: FeatureSch
         "fidelity": fidelity,
         "cache_fingerprint": cache.fingerprint,
         "teacher_fingerprint": cache.manifest["teacher_fingerprint"],
-    }
+    } | ({"selection": selection} if selection is not None else {})
     atomic_write_bytes(folder / "student.json", json.dumps(record, indent=2).encode())

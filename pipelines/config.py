@@ -172,6 +172,14 @@ class TrainSection(Strict):
     sparse_steps: int = Field(default=0, ge=0, le=1_000_000)
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
     seed: Seed = 0
+    members: Annotated[int, Field(gt=0, le=64)] = 1
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup: float = Field(default=0.05, ge=0, le=1)
+    polish_steps: int = Field(default=0, ge=0, le=100_000)
+    smoothness: float = Field(default=0.0, ge=0, le=1e6)
+    grid_uniform_fraction: float = Field(default=0.02, ge=0, le=1)
+    grid_margin: float = Field(default=0.0, ge=0, le=10)
+    selection_fraction: float = Field(default=0.0, ge=0, le=0.9)
 
 
 class ExtractSection(Strict):

@@ -3,7 +3,7 @@
 This package imports none of kandistill's other packages.
 """
 
-from students.kan import KAN, EdgeValues, KANConfig, sparsity_penalty
+from students.kan import KAN, EdgeValues, KANConfig, smoothness_penalty, sparsity_penalty
 from students.layer import KANLayer
 from students.symbols import DEFAULT_SYMBOLS, Symbol, SymbolLibrary
 
@@ -15,5 +15,6 @@ __all__ = [
     "KANLayer",
     "Symbol",
     "SymbolLibrary",
+    "smoothness_penalty",
     "sparsity_penalty",
 ]

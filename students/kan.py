@@ -197,11 +197,14 @@ class KAN(nn.Module):
         return self._squeeze(last, x), penalty
 
     @torch.no_grad()
-    def update_grid(self, x: torch.Tensor, uniform_fraction: float = 0.02, margin: float = 0.0) -> None:
-        """Move every layer's grid to its inputs' quantiles on ``x``, keeping the network's function."""
+    def update_grid(
+        self, x: torch.Tensor, uniform_fraction: float = 0.02, margin: float = 0.0, relative_margin: float = 0.0
+    ) -> None:
+        """Move every layer's grid to its inputs' quantiles on ``x``, keeping the network's function
+        (see `KANLayer.update_grid`)."""
         h = self._as_ensemble_input(x)
         for layer in self.layers:
-            layer.update_grid(h, uniform_fraction, margin)
+            layer.update_grid(h, uniform_fraction, margin, relative_margin)
             h = layer(h)
 
     @torch.no_grad()
@@ -368,6 +371,18 @@ class KAN(nn.Module):
         from students.persistence import load_kan
 
         return load_kan(Path(directory), symbols)
+
+
+def smoothness_penalty(model: KAN) -> torch.Tensor:
+    """Each member's roughness, ``(E,)``: the mean squared second difference of its spline coefficients.
+
+    The P-spline penalty: zero for edges whose splines are linear, so it pulls every edge towards a
+    straight line (plus its SiLU) without shrinking it, and a student cannot chase the fine detail
+    between training points that held-out points do not share.
+    """
+    terms = [(layer.coef.diff(2, dim=2) * layer.scale_spline.unsqueeze(2)).square().mean((1, 2, 3))
+             for layer in model.layers if layer.coef.shape[2] > 2]  # fmt: skip
+    return sum(terms, torch.zeros(model.ensemble, dtype=model.layers[0].coef.dtype))
 
 
 def sparsity_penalty(edge_outputs: torch.Tensor, l1: float, entropy: float) -> torch.Tensor:

@@ -138,14 +138,17 @@ class KANLayer(nn.Module):
         return out
 
     @torch.no_grad()
-    def update_grid(self, x: torch.Tensor, uniform_fraction: float = 0.02, margin: float = 0.0) -> None:
+    def update_grid(
+        self, x: torch.Tensor, uniform_fraction: float = 0.02, margin: float = 0.0, relative_margin: float = 0.0
+    ) -> None:
         """Move the grid to follow the inputs ``x`` (``(E, batch, in)``), keeping each edge's function.
 
-        The knots go to the inputs' quantiles (mixed with a uniform grid by ``uniform_fraction``);
-        the coefficients are refitted by least squares to the old splines' values on ``x``.
+        The knots go to the inputs' quantiles (mixed with a uniform grid by ``uniform_fraction``)
+        over their range widened by ``margin + relative_margin * range`` on each side; the
+        coefficients are refitted by least squares to the old splines' values on ``x``.
         """
         old = self.spline_outputs(x).permute(0, 2, 1, 3)
-        self.grid.copy_(quantile_grid(x, self.n_intervals, self.k, uniform_fraction, margin))
+        self.grid.copy_(quantile_grid(x, self.n_intervals, self.k, uniform_fraction, margin, relative_margin))
         self.refresh()
         basis = self.basis(x).permute(0, 2, 1, 3)
         self.coef.copy_(fit_coefficients(basis, old))

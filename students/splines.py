@@ -164,18 +164,26 @@ def spline_basis(
 
 
 def quantile_grid(
-    x: torch.Tensor, n_intervals: int, order: int, uniform_fraction: float, margin: float = 0.0
+    x: torch.Tensor,
+    n_intervals: int,
+    order: int,
+    uniform_fraction: float,
+    margin: float = 0.0,
+    relative_margin: float = 0.0,
 ) -> torch.Tensor:
     """A grid that follows the data: the inner knots sit at the inputs' quantiles.
 
     ``x``: ``(..., batch, n_in)``. The inner knots are ``uniform_fraction * uniform +
-    (1 - uniform_fraction) * quantiles`` over ``[min - margin, max + margin]`` per input, as in
-    the KAN paper's ``grid_eps``; ``1.0`` keeps the grid uniform (and the closed-form basis).
+    (1 - uniform_fraction) * quantiles`` over ``[min - pad, max + pad]`` per input, with ``pad =
+    margin + relative_margin * (max - min)``, as in the KAN paper's ``grid_eps``; ``1.0`` keeps the
+    grid uniform (and the closed-form basis). A relative margin leaves room for held-out inputs
+    slightly beyond the training range, where a spline would otherwise fall to zero.
     Returns ``(..., n_in, n_intervals + 2 * order + 1)``.
     """
     xs = x.transpose(-1, -2).to(torch.float64)
-    lo = xs.amin(-1) - margin
-    hi = xs.amax(-1) + margin
+    lo, hi = xs.amin(-1), xs.amax(-1)
+    pad = margin + relative_margin * (hi - lo)
+    lo, hi = lo - pad, hi + pad
     same = hi - lo < 1e-6
     lo, hi = torch.where(same, lo - 0.5, lo), torch.where(same, hi + 0.5, hi)
     levels = torch.linspace(0, 1, n_intervals + 1, dtype=xs.dtype, device=xs.device)

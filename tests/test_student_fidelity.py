@@ -1,0 +1,136 @@
+"""Students that match their teachers: the training recipe (members, schedule, snapshots, polish) and its choices."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from distill import train as train_stage
+from distill.targets import generate_targets, sample_inputs
+from distill.train import StudentSpec, TrainConfig, TrainError, distill, learning_rate
+from students import KAN, smoothness_penalty
+from teachers.mlp import MLPTeacher
+from teachers.schema import FeatureSchema, NumericFeature
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RECIPE = {"optimizer": "adam", "schedule": "cosine", "refine_grid": None, "grid_uniform_fraction": 1.0,
+          "grid_margin": 0.1, "progress": False}  # fmt: skip
+
+
+class Planted(nn.Module):
+    """``x1 * x2 + sin(x3)``: an interaction that no additive model holds. ``(batch, 3)`` -> ``(batch, 1)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, 0] * x[:, 1] + torch.sin(x[:, 2]))[:, None]
+
+
+@pytest.fixture(scope="module")
+def planted_cache(tmp_path_factory):
+    schema = FeatureSchema(tuple(NumericFeature(f"x{i}", -2, 2) for i in (1, 2, 3)))
+    teacher = MLPTeacher(Planted(), schema, ["y"])
+    return generate_targets(teacher, sample_inputs(schema, 1200, "lhs", seed=0), tmp_path_factory.mktemp("p") / "t")
+
+
+def test_a_planted_interaction_is_matched_to_r2_099(planted_cache, tmp_path):
+    config = TrainConfig(hidden=[8], grid=5, steps=300, members=2, polish_steps=30, **RECIPE)
+    result = distill(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", config)
+    assert result.fidelity["y"]["r2"] >= 0.99, result.fidelity
+
+
+def test_the_member_with_the_lowest_held_out_loss_becomes_the_student(planted_cache, tmp_path):
+    config = TrainConfig(hidden=[3], grid=3, steps=40, members=3, selection_fraction=0.2, **RECIPE)
+    result = distill(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", config)
+    record = json.loads((tmp_path / "run" / "students" / "y" / "student.json").read_text())
+    losses = record["selection"]["validation_losses"]
+    assert len(losses) == 3 and len(set(losses)) == 3, losses
+    assert record["selection"]["member"] == losses.index(min(losses))
+    # the saved student is that member: its loss on the selection rows (recomputed here) is the minimum
+    rows, _ = train_stage.split_rows(len(planted_cache), 0.2, 0)
+    _, select = train_stage.split_rows(len(rows), 0.2, 1)
+    x = train_stage.scale_inputs(planted_cache.features(), *planted_cache.schema.encoded_ranges())
+    y = torch.as_tensor(planted_cache.target("y"), dtype=torch.float32)[:, None]
+    mean, std = y[rows].mean(), y[rows].std()
+    student = KAN.from_pretrained(tmp_path / "run" / "students" / "y")
+    with torch.no_grad():
+        loss = ((student(x[rows[select]]) - (y[rows[select]] - mean) / std) ** 2).mean().item()
+    assert loss == pytest.approx(min(losses), rel=1e-5)
+    assert result.fidelity["y"] == record["fidelity"]
+
+
+def test_a_run_interrupted_after_the_choice_resumes_with_the_same_choice(planted_cache, tmp_path, monkeypatch):
+    """Interrupted in its polish phase (after the choice is checkpointed), a run resumes to the very
+    student that an uninterrupted run ends with, and keeps the member it chose."""
+    spec = [StudentSpec("y", ("y",))]
+    config = TrainConfig(hidden=[3], grid=3, steps=30, members=3, polish_steps=5, checkpoint_every=10, **RECIPE)
+    distill(planted_cache, spec, tmp_path / "whole", config)
+    step = train_stage.GroupTrainer.step
+
+    def interrupted_in_polish(self, model, optimizer, members, penalty):
+        if self.phases[-1].startswith("polish") and isinstance(optimizer, torch.optim.LBFGS):
+            raise KeyboardInterrupt
+        return step(self, model, optimizer, members, penalty)
+
+    monkeypatch.setattr(train_stage.GroupTrainer, "step", interrupted_in_polish)
+    with pytest.raises(KeyboardInterrupt):
+        distill(planted_cache, spec, tmp_path / "cut", config)
+    monkeypatch.undo()
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "y" / "state.json").read_text())
+    assert state["selection"] and state["phase"] == 2, state  # fit, select done; polish0 next
+    distill(planted_cache, spec, tmp_path / "cut", config)
+    records = [json.loads((tmp_path / run / "students" / "y" / "student.json").read_text()) for run in ("whole", "cut")]
+    assert records[0]["selection"] == records[1]["selection"] == state["selection"][0]
+    weights = [load_file(tmp_path / run / "students" / "y" / "model.safetensors") for run in ("whole", "cut")]
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0]), "the resumed student differs"
+
+
+def test_a_phase_ends_on_its_best_snapshot_not_its_last_step(planted_cache, tmp_path, monkeypatch):
+    """Adam at a learning rate far too high wanders off after a good start: the student is the best
+    point seen on the held-out rows, not the last one."""
+    seen = []
+    measure = train_stage.GroupTrainer.validation_loss
+
+    def recorded(self, model, members):
+        losses = measure(self, model, members)
+        seen.append(float(losses[0]))
+        return losses
+
+    monkeypatch.setattr(train_stage.GroupTrainer, "validation_loss", recorded)
+    options = RECIPE | {"schedule": "constant", "lr": 0.5}
+    wild = TrainConfig(hidden=[3], grid=3, steps=55, eval_every=5, patience=10**6, **options)
+    result = distill(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", wild)
+    assert len(seen) == 1 + 55 // 5 and seen[-1] > min(seen) * 1.1, seen  # the start, then every 5 steps
+    r2 = result.fidelity["y"]["r2"]  # measured on the same held-out rows (no selection_fraction)
+    assert 1 - r2 == pytest.approx(min(seen) * (len(planted_cache) - 1) / len(planted_cache), rel=0.05), (r2, seen)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    rates = [learning_rate(s, 100, 0.01, "cosine", 0.1) for s in range(100)]
+    assert rates[0] == pytest.approx(0.001) and rates[9] == pytest.approx(0.01)
+    assert rates[10] == pytest.approx(0.01) and rates[55] == pytest.approx(0.005, rel=0.02)
+    assert all(a >= b for a, b in itertools.pairwise(rates[9:])) and rates[-1] < 1e-5
+    assert learning_rate(57, 100, 0.01, "constant", 0.1) == 0.01
+
+
+def test_the_smoothness_penalty_is_zero_on_straight_splines_only():
+    model = KAN([2, 3, 1], grid=5, seed=0)
+    assert (smoothness_penalty(model) > 0).all()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.coef.copy_(torch.linspace(-1, 1, layer.coef.shape[2])[None, None, :, None].expand_as(layer.coef))
+    assert smoothness_penalty(model).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"members": 0}, "members: expected a positive integer, got 0"),
+    ({"schedule": "linear"}, "schedule: expected constant or cosine, got 'linear'"),
+    ({"polish_steps": -1}, "polish_steps: expected a non-negative integer, got -1"),
+    ({"selection_fraction": 0.95}, r"selection_fraction: expected a number in \[0, 0.9\], got 0.95"),
+    ({"smoothness": float("nan")}, "smoothness: expected a non-negative number, got nan"),
+])  # fmt: skip
+def test_bad_recipe_options_are_named(options, message):
+    with pytest.raises(TrainError, match=message):
+        TrainConfig(**options)
