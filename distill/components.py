@@ -384,9 +384,9 @@ class _Builder:
         low, high = feature.low, feature.high
         z = 2 * (grid - low) / (high - low) - 1
         fits = fit_symbols(torch.as_tensor(z)[None], torch.as_tensor(values)[None], self.library)
-        best = -math.inf
-        by_score = ranked(fits, self.config.complexity_weight)[0].tolist()
-        for index in sorted(by_score, key=lambda k: (fits.complexity[k].item(), by_score.index(k))):
+        best, non_finite = -math.inf, []
+        rank = {index: r for r, index in enumerate(ranked(fits, self.config.complexity_weight)[0].tolist())}
+        for index in sorted(rank, key=lambda k: (fits.complexity[k].item(), rank[k])):
             name, r2 = fits.names[index], float(fits.r2[0, index])
             if name == "0" or not math.isfinite(r2):
                 continue
@@ -401,6 +401,9 @@ class _Builder:
                 term, coefficient = self.library[name].sympy_fn(inner), c
             if self._finite(term):
                 return term, coefficient, r2
+            non_finite.append(name)
+        if non_finite:
+            return f"the functions that fit ({', '.join(non_finite)}) are not finite on every row of the data"
         return f"no library function fits within tolerance (best R^2 {best:.3g})"
 
     def _finite(self, term: sympy.Expr) -> bool:
