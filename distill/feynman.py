@@ -15,6 +15,7 @@ import numpy as np
 import sympy
 import torch
 
+from distill.canonical import equivalent_up_to_constant
 from distill.formula import evaluate, parse_formula
 from teachers.mlp import MLPTeacher, train_mlp
 from teachers.schema import FeatureSchema, NumericFeature
@@ -52,7 +53,8 @@ MAX_OPS_TO_SIMPLIFY = 500
 
 
 def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: np.ndarray) -> bool:
-    """SRBench's rule: ``found - truth`` or ``found / truth`` simplifies to a constant.
+    """SRBench's rule: ``found - truth`` or ``found / truth`` simplifies to a constant, in some common
+    form (`distill.canonical.equivalent_up_to_constant`: as written, canonical, or rewritten with ``exp``).
 
     Evaluated by `distill.formula.evaluate` (no generated code); a formula of more than
     ``MAX_OPS_TO_SIMPLIFY`` operations is not simplified (sympy could take hours) and counts as not recovered.
@@ -68,10 +70,7 @@ def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: 
     close_ratio = np.all(np.isfinite(ratio)) and np.ptp(ratio) <= 1e-6 * max(abs(np.median(ratio)), 1e-12)
     if not (close_diff or close_ratio):
         return False
-    if not sympy.simplify(found - truth).free_symbols:
-        return True
-    ratio_expr = sympy.simplify(found / truth)
-    return not ratio_expr.free_symbols and ratio_expr != 0
+    return equivalent_up_to_constant(found, truth)
 
 
 def read_feynman_csv(path: str | Path = DEFAULT_CSV) -> list[FeynmanEquation]:

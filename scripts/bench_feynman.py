@@ -3,13 +3,17 @@
 For each equation of a CSV in the AI Feynman format (``Filename, Number, Output, Formula,
 # variables, v1_name, v1_low, v1_high, ...``): sample the variables uniformly over their ranges,
 compute the target from the formula (parsed safely, never evaluated as code), find a formula
-with :func:`distill.discover.discover_formula` (optionally through an MLP teacher fitted to the
-samples first, ``--via-mlp``), and check it against the truth. As in SRBench, an equation counts
+with :func:`distill.recursive.discover_with_teacher` (the plain search, then, unless it is exact,
+the recursive split-and-solve through an MLP teacher fitted to the samples; ``--plain``: the plain
+search :func:`distill.discover.discover_formula` only), optionally distilling from an MLP teacher
+fitted to the samples first (``--via-mlp``: the targets are its outputs and the recursion queries it),
+and check it against the truth. As in SRBench, an equation counts
 as recovered when sympy shows the difference is a constant or the ratio is a non-zero constant;
 a numeric check on the samples comes first so that sympy only sees near-certain matches, and a
 result found after ``--seconds-per-equation`` does not count.
 
-    python scripts/bench_feynman.py [--csv FILE] [--limit N] [--seconds-per-equation S] [--via-mlp]
+    python scripts/bench_feynman.py [--csv FILE] [--limit N] [--only NAME ...] [--seconds-per-equation S]
+                                    [--via-mlp] [--plain]
 
 Prints a table and, as its last line, one JSON object with ``total``, ``recovered``, ``rate`` and
 ``median_seconds`` (and the settings).
@@ -38,10 +42,15 @@ except ImportError:
 
 from distill.discover import DiscoverConfig, discover_formula
 from distill.feynman import DEFAULT_CSV, FeynmanTableError, is_recovered, read_feynman_csv
+from distill.recursive import TeacherDiscoverConfig, discover_with_teacher
+from distill.separability import BoxTeacher
 
 
-def fit_mlp_teacher(x: torch.Tensor, y: torch.Tensor, steps: int = 2000, seed: int = 0) -> torch.Tensor:
-    """Fit a small MLP to the samples and return its outputs on them (the teacher's soft targets)."""
+def fit_mlp_teacher(
+    x: torch.Tensor, y: torch.Tensor, steps: int = 2000, seed: int = 0
+) -> tuple[torch.Tensor, BoxTeacher]:
+    """Fit a small MLP to the samples; its outputs on them (the teacher's soft targets) and the MLP as a
+    teacher on the samples' box, whose error is its RMSE against the samples."""
     torch.manual_seed(seed)
     mean, std = x.mean(0), x.std(0).clamp_min(1e-8)
     y_mean, y_std = y.mean(), y.std().clamp_min(1e-8)
@@ -52,8 +61,15 @@ def fit_mlp_teacher(x: torch.Tensor, y: torch.Tensor, steps: int = 2000, seed: i
         optimizer.zero_grad()
         nn.functional.mse_loss(mlp(xs), ys).backward()
         optimizer.step()
+    mlp.eval()
+
+    def teacher(z: torch.Tensor) -> torch.Tensor:
+        return mlp((z - mean) / std)[:, 0] * y_std + y_mean
+
     with torch.no_grad():
-        return mlp(xs)[:, 0] * y_std + y_mean
+        outputs = teacher(x)
+    error = float((outputs - y).square().mean().sqrt())
+    return outputs, BoxTeacher(teacher, x.min(0).values, x.max(0).values, error)
 
 
 @contextmanager
@@ -79,16 +95,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds-per-equation", type=float, default=60.0, help="budget per equation (default 60)")
     parser.add_argument("--samples", type=int, default=1000, help="samples per equation (default 1000)")
     parser.add_argument("--via-mlp", action="store_true", help="distil from an MLP teacher fitted to the samples")
+    parser.add_argument("--plain", action="store_true", help="the plain search only (no teacher recursion)")
+    parser.add_argument("--only", nargs="+", default=None, help="only these equations (by name)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small students: threads only add synchronisation
     logging.basicConfig(level=logging.ERROR)
 
     try:
-        equations = read_feynman_csv(args.csv)[: args.limit]
+        equations = read_feynman_csv(args.csv)
+        equations = [e for e in equations if args.only is None or e.name in args.only][: args.limit]
     except FeynmanTableError as err:
         raise SystemExit(f"bench_feynman: {err}") from None
-    source = "via an MLP teacher" if args.via_mlp else "directly from data"
+    source = ("via an MLP teacher" if args.via_mlp else "directly from data") + ("; plain search" if args.plain else "")
     print(f"{len(equations)} equations from {args.csv}; {args.samples} samples; {source}; "
           f"budget {args.seconds_per_equation:.0f} s")  # fmt: skip
     print(f"{'equation':<12}{'vars':>5}{'ok':>4}{'R2 val':>12}{'s':>7}  found")
@@ -97,11 +116,15 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         x, y = eq.sample(args.samples, args.seed)
         truth = eq.expression()
-        target = fit_mlp_teacher(x, y, seed=args.seed) if args.via_mlp else y
+        target, teacher = fit_mlp_teacher(x, y, seed=args.seed) if args.via_mlp else (y, None)
         try:
             with time_limit(1.5 * args.seconds_per_equation):
                 config = DiscoverConfig(seed=args.seed, seconds=0.6 * args.seconds_per_equation)
-                found = discover_formula(x, target, list(eq.variables), config)
+                if args.plain:
+                    found = discover_formula(x, target, list(eq.variables), config)
+                else:
+                    both = TeacherDiscoverConfig(plain=config, seconds=0.6 * args.seconds_per_equation)
+                    found = discover_with_teacher(x, target, list(eq.variables), teacher, both)
                 expr, r2 = found.expression, found.r2_validation
                 ok = is_recovered(expr, truth, list(eq.variables), x.double().numpy())
         except Exception as err:  # a benchmark records a failure and goes on
@@ -119,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rate": recovered / max(len(rows), 1),
         "median_seconds": statistics.median(r["seconds"] for r in rows) if rows else None,
         "via_mlp": args.via_mlp,
+        "plain": args.plain,
         "samples": args.samples,
         "seconds_per_equation": args.seconds_per_equation,
         "csv": str(args.csv),

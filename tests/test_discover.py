@@ -1,10 +1,13 @@
 """discover_formula: laws found from data, checked by sympy."""
 
+import numpy as np
 import pytest
 import sympy
 import torch
 
+from distill.canonical import canonical_form, equivalent_up_to_constant
 from distill.discover import DiscoverConfig, discover_formula
+from distill.feynman import is_recovered
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # more threads' parallel reductions round differently
 
@@ -41,3 +44,27 @@ def test_bad_targets_are_refused():
         discover_formula(x, torch.full((10,), float("nan")), ["a", "b"])
     with pytest.raises(ValueError, match="features"):
         discover_formula(x, x[:, 0], ["a"])
+
+
+def test_the_recovery_check_accepts_an_exponential_ratio_for_tanh():
+    """The issue's case: ``simplify(found - truth)`` alone misses it; the exp-rewritten forms match."""
+    x, y = sympy.symbols("x y", real=True)
+    found = (sympy.exp(4 * x) - sympy.exp(2 * y)) / (sympy.exp(4 * x) + sympy.exp(2 * y))
+    points = np.random.default_rng(0).uniform(-1, 1, (200, 2))
+    assert is_recovered(found, sympy.tanh(2 * x - y), ["x", "y"], points)
+    assert is_recovered(found + 1, sympy.tanh(2 * x - y), ["x", "y"], points)  # up to an added constant
+    assert is_recovered(3 * found, sympy.tanh(2 * x - y), ["x", "y"], points)  # or a constant factor
+    assert not is_recovered(found, sympy.tanh(2 * x + y), ["x", "y"], points)
+    assert equivalent_up_to_constant(
+        sympy.tanh(x - y) + 2, (sympy.exp(2 * x) - sympy.exp(2 * y)) / (sympy.exp(2 * x) + sympy.exp(2 * y))
+    )
+
+
+def test_canonical_form_writes_exponential_ratios_as_tanh():
+    x, y = sympy.symbols("x y", real=True)
+    a, b = sympy.exp(4 * x), sympy.exp(2 * y)
+    assert canonical_form((a - b) / (a + b)) == sympy.tanh(2 * x - y)
+    assert canonical_form(3 * (a + b) / (a - b)) == 3 / sympy.tanh(2 * x - y)
+    assert canonical_form(y + 2 * (1 - sympy.exp(-2 * x)) / (1 + sympy.exp(-2 * x))) == y + 2 * sympy.tanh(x)
+    # simplify would write cosh(x), which a formula file cannot hold: the form stays writable
+    assert canonical_form(sympy.exp(x) / 2 + sympy.exp(-x) / 2).atoms(sympy.Function) <= {sympy.exp(x), sympy.exp(-x)}

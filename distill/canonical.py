@@ -1,0 +1,105 @@
+"""Canonical forms of found formulas: one readable way to write each, and an equivalence test.
+
+A KAN's edges compose ``exp`` and sums freely, so a formula can come out as
+``(exp(4*x) - exp(2*y)) / (exp(4*x) + exp(2*y))`` when it means ``tanh(2*x - y)``. :func:`canonical_form`
+rewrites such ratios of exponentials as ``tanh`` and keeps the shortest of the
+rewrites it tries; :func:`equivalent_up_to_constant` decides whether two formulas differ by an
+additive or a multiplicative constant, comparing them in several common forms (as written,
+canonical, everything rewritten as ``exp``), since ``sympy.simplify(found - truth)`` alone misses
+some matches.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from distill.formula import FUNCTIONS
+
+MAX_OPS = 500  # sympy.simplify's cost grows fast with size: larger formulas are left as they are
+
+
+def _exp_argument(ratio: sympy.Expr) -> sympy.Expr | None:
+    """``z`` when ``ratio`` is ``exp(z)`` (after merging powers), else None."""
+    merged = sympy.powsimp(sympy.powdenest(ratio, force=True), combine="exp", force=True)
+    if isinstance(merged, sympy.exp):
+        return sympy.expand(merged.args[0])
+    return None
+
+
+def _ratio_to_tanh(expr: sympy.Expr) -> sympy.Expr:
+    """``(A - B) / (A + B)`` with ``A / B = exp(2 z)`` as ``tanh(z)`` (and its inverse as ``1 / tanh(z)``)."""
+    if not isinstance(expr, sympy.Mul | sympy.Pow):
+        return expr
+    num, den = sympy.fraction(sympy.together(expr))
+    for top, bottom, inverse in ((num, den, False), (den, num, True)):
+        bottom = sympy.expand(bottom)
+        if not (isinstance(bottom, sympy.Add) and len(bottom.args) == 2):
+            continue
+        a, b = bottom.args
+        z = _exp_argument(a / b)
+        if z is None:
+            continue
+        scale = sympy.simplify(sympy.expand(top) / (a - b))  # top = scale (A - B), so expr = scale^{+-1} fn(z / 2)
+        if not scale.free_symbols and scale != 0:
+            return 1 / (scale * sympy.tanh(z / 2)) if inverse else scale * sympy.tanh(z / 2)
+    return expr
+
+
+def canonical_form(expr: sympy.Expr, max_ops: int = MAX_OPS) -> sympy.Expr:
+    """The shortest (by ``count_ops``) of ``expr``, its rewrite with exponential ratios as ``tanh``,
+    and (when small and free of trigonometric functions, whose simplification can take minutes) both
+    simplified; formulas over ``max_ops`` operations are returned unchanged."""
+    if sympy.count_ops(expr) > max_ops:
+        return expr
+    tried = [expr]  # candidates using a function a formula file cannot hold (coth, sinh, ...) are dropped below
+    rewritten = expr.replace(lambda e: isinstance(e, sympy.Mul | sympy.Pow), _ratio_to_tanh)
+    tried.append(rewritten)
+    for e in (expr, rewritten):
+        if not _cheap_to_simplify(e):
+            continue
+        try:
+            tried.append(sympy.simplify(e))
+        except (TypeError, ValueError, RecursionError):  # sympy gives up on some inputs
+            continue
+    tried = [e for e in tried if _writable(e)] or [expr]
+    return min(tried, key=lambda e: (sympy.count_ops(e), len(str(e))))
+
+
+def _cheap_to_simplify(expr: sympy.Expr, max_ops: int = 30) -> bool:
+    """Small, and no trigonometric functions: ``sympy.simplify`` of ``tan(... atan(...) ...)`` of 22
+    operations was measured at over 4 minutes."""
+    simple = {sympy.exp, sympy.log, sympy.tanh, sympy.Abs, sympy.sign}
+    return sympy.count_ops(expr) <= max_ops and all(type(f) in simple for f in expr.atoms(sympy.Function))
+
+
+def _writable(expr: sympy.Expr) -> bool:
+    """Does ``expr`` use only the functions of `distill.formula.FUNCTIONS` (what a formula file holds)?"""
+    allowed = set(FUNCTIONS.values())
+    return all(type(f) in allowed for f in expr.atoms(sympy.Function))
+
+
+def _constant(expr: sympy.Expr) -> bool:
+    return not expr.free_symbols
+
+
+def equivalent_up_to_constant(found: sympy.Expr, truth: sympy.Expr) -> bool:
+    """Does ``found - truth`` or ``found / truth`` (non-zero) simplify to a constant in some common form?
+
+    The forms tried: both canonical (:func:`canonical_form`); both rewritten with ``exp`` only
+    (``tanh``, ``cosh``, ... become exponentials); as written. Formulas over
+    ``MAX_OPS`` operations count as not equivalent.
+    """
+    if sympy.count_ops(found) > MAX_OPS or sympy.count_ops(truth) > MAX_OPS:
+        return False
+    forms = [
+        (canonical_form(found), canonical_form(truth)),
+        (found.rewrite(sympy.exp), truth.rewrite(sympy.exp)),
+        (found, truth),
+    ]
+    for a, b in forms:
+        if _constant(sympy.simplify(a - b)):
+            return True
+        ratio = sympy.simplify(a / b)
+        if _constant(ratio) and ratio != 0:
+            return True
+    return False

@@ -1,0 +1,491 @@
+"""Solve for a formula by splitting the problem where a teacher says it splits (AI Feynman's recursion).
+
+:func:`solve` asks a :class:`~distill.separability.BoxTeacher`, in this order, whether its function
+ignores an input (then drops it), depends on two inputs only through ``x_i - x_j``, ``x_i + x_j``,
+``x_i / x_j`` or ``x_i x_j`` (then replaces them by one new input), or splits as ``g(x_A) h(x_B)`` or
+as ``g(x_A) + h(x_B)``, also after a simple outer function (``f^2``, ``1 / f``), then solves ``g`` and
+``h`` as sub-problems: the teacher with the other inputs held at the box's centre. Each sub-problem
+is solved the same way, down to a leaf that a small KAN student solves
+(`distill.discover.discover_formula`). The parts are composed, the whole formula's constants are
+refitted and snapped against the teacher (`distill.extract.snap_constants`), and it is kept only if
+it matches the teacher on fresh points to within the teacher's own error; otherwise the next option
+is tried, the leaf last.
+
+:func:`discover_with_teacher` is the entry point for data: the plain search first, and when that is
+not exact, the recursion through an MLP teacher fitted to the data (or the one given).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from itertools import combinations_with_replacement
+
+import numpy as np
+import sympy
+import torch
+
+from distill.canonical import canonical_form
+from distill.discover import DiscoverConfig, Discovery, discover_formula
+from distill.extract import Extraction, snap_constants
+from distill.formula import evaluate
+from distill.separability import (
+    SYMMETRIES,
+    BoxTeacher,
+    additive_split,
+    irrelevant,
+    keeps_sign,
+    multiplicative_split,
+    splits,
+    symmetry,
+    symmetry_gradient_residual,
+)
+from teachers.mlp import train_mlp
+from teachers.schema import FeatureSchema, NumericFeature
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SolveConfig:
+    """How hard to look. ``points``: samples per (sub-)problem for its student; ``test_points``: per
+    teacher test; ``factor``: a test passes at an RMS z-score up to this; a formula is accepted when its
+    RMSE against the teacher is at most ``factor * error`` (floored at ``floor`` times the teacher's
+    spread, for exact teachers); ``max_tries``: how many symmetries, and splits of each kind, that hold
+    are followed per (sub-)problem before its leaf; ``min_leaf_seconds``: a leaf's student search starts
+    only with this many seconds per input left before the deadline; ``gradient_cut``: symmetry pairs
+    whose gradient residual is above it are not tested; ``leaf``: the student search for leaves (its
+    ``seconds`` is set from the deadline)."""
+
+    points: int = 600
+    test_points: int = 256
+    factor: float = 3.0
+    floor: float = 1e-5
+    max_depth: int = 12
+    max_tries: int = 2
+    min_leaf_seconds: float = 2.0
+    gradient_cut: float = 0.3
+    seed: int = 0
+    leaf: DiscoverConfig = field(default_factory=DiscoverConfig)
+
+
+@dataclass
+class Solution:
+    """The formula, its R^2 against the teacher on fresh points, and the splits that led to it."""
+
+    expression: sympy.Expr
+    r2: float
+    steps: list[str]
+
+
+def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
+    if not np.all(np.isfinite(pred)):
+        return -np.inf
+    return float(1 - np.sum((pred - ref) ** 2) / max(np.sum((ref - ref.mean()) ** 2), 1e-300))
+
+
+def _symbols(names: list[str]) -> list[sympy.Symbol]:
+    return [sympy.Symbol(n, real=True) for n in names]
+
+
+def restrict(teacher: BoxTeacher, keep: list[int], base: torch.Tensor) -> BoxTeacher:
+    """The teacher as a function of the inputs ``keep`` only, the others held at ``base`` ``(n,)``."""
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        x = base.expand(z.shape[0], -1).clone()
+        x[:, keep] = z
+        return teacher.fn(x).reshape(-1)
+
+    return BoxTeacher(fn, teacher.low[keep], teacher.high[keep], teacher.error)
+
+
+def merge_pair(teacher: BoxTeacher, i: int, j: int, kind: str) -> tuple[BoxTeacher, list[int]]:
+    """The teacher as a function of ``u`` (``x_i - x_j``, ``x_i + x_j``, ``x_i / x_j`` or ``x_i x_j``)
+    and the other inputs (returned, in order): ``x_j`` is put mid-way in the range that keeps both
+    ``x_i`` and ``x_j`` in the box (any point on the curve gives the same value when the symmetry holds)."""
+    lo, hi = teacher.low, teacher.high
+    others = [k for k in range(teacher.n) if k not in (i, j)]
+    u_range = {
+        "minus": (lo[i] - hi[j], hi[i] - lo[j]),
+        "plus": (lo[i] + lo[j], hi[i] + hi[j]),
+        "divide": (lo[i] / hi[j], hi[i] / lo[j]),
+        "times": (lo[i] * lo[j], hi[i] * hi[j]),
+    }[kind]
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        u = z[:, 0]
+        a, b = {
+            "minus": (lo[i] - u, hi[i] - u),
+            "plus": (u - hi[i], u - lo[i]),
+            "divide": (lo[i] / u, hi[i] / u),
+            "times": (u / hi[i], u / lo[i]),
+        }[kind]
+        xj = (torch.maximum(a, lo[j]) + torch.minimum(b, hi[j])) / 2
+        xi = {"minus": u + xj, "plus": u - xj, "divide": u * xj, "times": u / xj}[kind]
+        x = torch.empty(z.shape[0], teacher.n)
+        x[:, i], x[:, j] = xi.clamp(lo[i], hi[i]), xj
+        x[:, others] = z[:, 1:]
+        return teacher.fn(x).reshape(-1)
+
+    low = torch.cat([u_range[0].reshape(1), lo[others]])
+    high = torch.cat([u_range[1].reshape(1), hi[others]])
+    return BoxTeacher(fn, low, high, teacher.error), others
+
+
+def _combination(kind: str, a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
+    return {"minus": a - b, "plus": a + b, "divide": a / b, "times": a * b}[kind]
+
+
+_LEAF_OUTERS = (  # a target transform for a leaf's student, and how to undo it on the formula
+    ("f", lambda y: y, lambda e: e),
+    ("1/f", lambda y: 1 / y, lambda e: 1 / e),
+    ("f^2", lambda y: y.square(), sympy.sqrt),
+    ("1/f^2", lambda y: y.square().reciprocal(), lambda e: 1 / sympy.sqrt(e)),
+)
+
+
+def polynomial(x: torch.Tensor, y: torch.Tensor, names: list[str], degree: int = 2, max_terms: int = 15,
+               deadline: float | None = None) -> sympy.Expr | None:  # fmt: skip
+    """The least-squares polynomial of ``degree`` (1 where that would take more than ``max_terms``
+    terms) in ``names`` for ``y (batch,)`` at ``x (batch, n)``, float64, its coefficients snapped to
+    simple values (`distill.extract.snap_constants`: small ones to 0) unless ``deadline`` (a `time.monotonic`
+    value) has passed. None when ``y`` is not finite."""
+    xs, ys = x.double().numpy(), y.double().numpy()
+    if not np.all(np.isfinite(ys)):
+        return None
+    snap = True
+    n = xs.shape[1]
+    if len(list(combinations_with_replacement(range(n + 1), degree))) > max_terms:
+        degree = 1
+    powers = [c for c in combinations_with_replacement(range(n + 1), degree)]  # index n: the constant 1
+    columns = np.column_stack([np.prod([xs[:, k] for k in c if k < n], axis=0) if any(k < n for k in c)
+                               else np.ones(len(ys)) for c in powers])  # fmt: skip
+    coefficients, *_ = np.linalg.lstsq(columns, ys, rcond=None)
+    if deadline is not None and time.monotonic() > deadline:
+        snap = False
+    symbols = _symbols(names)
+    expr = sum(
+        (sympy.Float(float(a)) * sympy.Mul(*[symbols[k] for k in c if k < n]) for a, c in zip(coefficients, powers,
+                                                                                              strict=True)),
+        sympy.Integer(0),
+    )  # fmt: skip
+    return snap_constants(expr, names, xs, ys, deadline=deadline) if snap else expr
+
+
+def _preferred(expr: sympy.Expr, rmse: float, best: sympy.Expr | None, best_rmse: float, tolerance: float) -> bool:
+    """Is ``expr`` better than ``best``: within tolerance and simpler (fewer unsnapped floats, then fewer
+    operations), or closer when it is not clear that both are within it?"""
+    if best is None:
+        return bool(np.isfinite(rmse))
+    if rmse <= tolerance and best_rmse <= tolerance:
+        return _complexity(expr) < _complexity(best)
+    return rmse < best_rmse
+
+
+def _complexity(expr: sympy.Expr) -> tuple[int, int]:
+    return len(expr.atoms(sympy.Float)), int(sympy.count_ops(expr))
+
+
+class _Solver:
+    def __init__(self, config: SolveConfig, deadline: float | None, reserved: set[str]):
+        self.config, self.deadline, self.reserved, self.steps = config, deadline, set(reserved), []
+        self.closest: dict[int, tuple[sympy.Expr, float]] = {}  # per teacher: the rejected formula nearest to it
+
+    def note(self, depth: int, step: str) -> None:
+        self.steps.append(f"{'  ' * depth}{step}")
+        logger.info("%s%s", "  " * depth, step)
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def fresh_name(self) -> str:
+        k = len(self.reserved)
+        while f"u{k}" in self.reserved:
+            k += 1
+        self.reserved.add(f"u{k}")
+        return f"u{k}"
+
+    def data(self, teacher: BoxTeacher, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = teacher.sample(self.config.points, self.config.seed + seed)
+        return x, teacher(x)
+
+    def accepts(self, expr: sympy.Expr | None, teacher: BoxTeacher, names: list[str]) -> bool:
+        """Does ``expr`` match the teacher on fresh points to within the teacher's error?"""
+        if expr is None:
+            return False
+        rmse, tolerance = self.rmse(expr, teacher, names)[0], self.tolerance(teacher)
+        logger.info("%s: RMSE %.3g against the teacher, tolerance %.3g", expr, rmse, tolerance)
+        closest = self.closest.get(id(teacher))
+        if np.isfinite(rmse) and (closest is None or rmse < closest[1]):
+            self.closest[id(teacher)] = (expr, rmse)
+        return rmse <= tolerance
+
+    def tolerance(self, teacher: BoxTeacher) -> float:
+        _, y = self.data(teacher, 991)
+        return max(self.config.factor * teacher.error, self.config.floor * float(y.std()), 1e-12)
+
+    def rmse(self, expr: sympy.Expr, teacher: BoxTeacher, names: list[str]) -> tuple[float, float]:
+        """RMSE and R^2 of ``expr`` against the teacher on fresh points."""
+        x, y = self.data(teacher, 991)
+        pred = evaluate(expr, names, x.double().numpy())
+        ref = y.double().numpy()
+        if not np.all(np.isfinite(pred)):
+            return float("inf"), -float("inf")
+        sse = float(np.sum((pred - ref) ** 2))
+        return (sse / len(ref)) ** 0.5, 1 - sse / max(float(np.sum((ref - ref.mean()) ** 2)), 1e-300)
+
+    def refit(self, expr: sympy.Expr, teacher: BoxTeacher, names: list[str]) -> sympy.Expr:
+        """Refit and snap the composed formula's constants against the teacher."""
+        x, y = self.data(teacher, 17)
+        return snap_constants(expr, names, x.double().numpy(), y.double().numpy(), deadline=self.deadline)
+
+    def leaf(self, teacher: BoxTeacher, names: list[str]) -> sympy.Expr | None:
+        """A formula for the teacher on ``f``, ``1 / f``, ``f^2`` and ``1 / f^2`` (the last three where
+        ``f > 0``): a polynomial of degree 2 (AI Feynman's first try; cheap), or failing that a KAN
+        student's (`discover_formula`, which also tries ``log``) while time is left. The shortest of
+        those that match the teacher to its tolerance wins, else the closest. The student search counts
+        as exact, and a richer candidate must win by more than, the ``1 - R^2`` that the teacher's own
+        error accounts for."""
+        x, y = self.data(teacher, 0)
+        if float(y.std()) <= self.config.floor * max(float(y.abs().max()), 1e-30):
+            return sympy.Float(float(y.mean()))
+        tolerance = self.tolerance(teacher)
+        noise = min((tolerance / float(y.std())) ** 2, 1e-2)
+        outers = [o for o in _LEAF_OUTERS if o[0] == "f" or (bool((y > 0).all()) and float(y.max() / y.min()) < 100)]
+        best, best_rmse = None, float("inf")
+        if self.out_of_time():
+            outers = outers[:1]  # the plain polynomial only: the caller falls back on its closest formula
+        for name, forward, inverse in outers:
+            poly = polynomial(x, forward(y), names, deadline=self.deadline)
+            if poly is None:
+                continue
+            expr = inverse(poly)
+            rmse = self.rmse(expr, teacher, names)[0]
+            logger.info("leaf %s, polynomial in %s: %s (RMSE %.3g)", names, name, expr, rmse)
+            if _preferred(expr, rmse, best, best_rmse, tolerance):
+                best, best_rmse = expr, rmse
+        if best_rmse <= tolerance:
+            return best
+        leaf = self.config.leaf
+        for name, forward, inverse in outers:
+            seconds = None if self.deadline is None else self.deadline - time.monotonic()
+            if seconds is not None and seconds < self.config.min_leaf_seconds * len(names):
+                break  # a student's first candidate runs to its end: not started without time for it
+            config = DiscoverConfig(**{**leaf.__dict__, "seconds": seconds, "exact_r2": min(leaf.exact_r2, 1 - noise),
+                                       "simplicity_margin": max(leaf.simplicity_margin, noise)})  # fmt: skip
+            try:
+                found = discover_formula(x, forward(y), names, config)
+            except FloatingPointError as err:
+                logger.info("leaf %s on %s: no formula (%s)", names, name, err)
+                continue
+            expr = inverse(found.expression)
+            rmse = self.rmse(expr, teacher, names)[0]
+            logger.info("leaf %s on %s: %s (RMSE %.3g)", names, name, expr, rmse)
+            if _preferred(expr, rmse, best, best_rmse, tolerance):
+                best, best_rmse = expr, rmse
+            if best_rmse <= tolerance / self.config.factor:
+                break  # as close as the teacher's own error: no other transform can do better
+        return best
+
+    def solve(self, teacher: BoxTeacher, names: list[str], depth: int) -> sympy.Expr | None:
+        """A formula for ``teacher`` in ``names``: a split's if one is accepted, else the leaf's if it
+        is, else the closest one tried (None if none)."""
+        cfg = self.config
+        test = {"points": cfg.test_points, "seed": cfg.seed, "factor": cfg.factor}
+        if depth < cfg.max_depth and not self.out_of_time():
+            for attempt in (self.drop_inputs, self.merge_pairs, self.split):
+                expr = attempt(teacher, names, depth, test)
+                if expr is not None:
+                    return expr
+        expr = self.leaf(teacher, names)
+        if self.accepts(expr, teacher, names):
+            return expr
+        closest = self.closest.get(id(teacher))
+        return expr if closest is None else closest[0]
+
+    def drop_inputs(self, teacher: BoxTeacher, names: list[str], depth: int, test: dict) -> sympy.Expr | None:
+        keep = [i for i in range(teacher.n) if not irrelevant(teacher, i, **test).holds]
+        if len(keep) == teacher.n:
+            return None
+        centre = (teacher.low + teacher.high) / 2
+        if not keep:
+            return sympy.Float(float(teacher(centre[None])[0]))
+        self.note(depth, f"irrelevant: {[n for k, n in enumerate(names) if k not in keep]}")
+        sub = [names[k] for k in keep]
+        expr = self.solve(restrict(teacher, keep, centre), sub, depth + 1)
+        return expr if self.accepts(expr, teacher, names) else None
+
+    def merge_pairs(self, teacher: BoxTeacher, names: list[str], depth: int, test: dict) -> sympy.Expr | None:
+        if teacher.n < 2:
+            return None
+        pairs = []
+        for i in range(teacher.n):
+            for j in range(i + 1, teacher.n):
+                for kind in SYMMETRIES:
+                    if kind in ("divide", "times") and not bool((teacher.low[[i, j]] > 0).all()):
+                        continue
+                    score = symmetry_gradient_residual(teacher, i, j, kind, test["points"], test["seed"])
+                    if score <= self.config.gradient_cut:
+                        pairs.append((score, i, j, kind))
+        tries = 0
+        for _, i, j, kind in sorted(pairs):
+            if self.out_of_time() or tries >= self.config.max_tries:
+                break
+            if not symmetry(teacher, i, j, kind, **test).holds:
+                continue
+            tries += 1
+            sub_teacher, others = merge_pair(teacher, i, j, kind)
+            u = self.fresh_name()
+            self.note(depth, f"symmetry: {u} = {_combination(kind, *_symbols([names[i], names[j]]))}")
+            expr = self.solve(sub_teacher, [u] + [names[k] for k in others], depth + 1)
+            if expr is None:
+                continue
+            a, b = _symbols([names[i], names[j]])
+            expr = expr.xreplace({sympy.Symbol(u, real=True): _combination(kind, a, b)})
+            if self.accepts(expr, teacher, names):
+                return expr
+        return None
+
+    def split(self, teacher: BoxTeacher, names: list[str], depth: int, test: dict) -> sympy.Expr | None:
+        """``g(x_A) h(x_B)``, or ``g(x_A) + h(x_B)`` of ``f``, of ``f^2`` or of ``1 / f`` (a simple outer function)."""
+        if teacher.n < 2:
+            return None
+        centre = (teacher.low + teacher.high) / 2
+        views = [("multiplicative", teacher, multiplicative_split, lambda g, h, f0: g * h / f0),
+                 ("additive", teacher, additive_split, lambda g, h, f0: g + h - f0)]  # fmt: skip
+        if keeps_sign(teacher, test["points"], test["seed"]):
+            positive = bool((teacher(centre[None]) > 0).all())
+            if positive:
+                views.append(("additive in f^2", outer(teacher, "square"), additive_split,
+                              lambda g, h, f0: sympy.sqrt(g + h - f0)))  # fmt: skip
+            views.append(("additive in 1/f", outer(teacher, "reciprocal"), additive_split,
+                          lambda g, h, f0: 1 / (g + h - f0)))  # fmt: skip
+        for kind, view, check, combine in views:  # a plain product or sum anywhere before an outer function
+            tries = 0
+            for part in splits(teacher.n):
+                if self.out_of_time() or tries >= self.config.max_tries:
+                    break
+                if not check(view, part, **test).holds:
+                    continue
+                tries += 1
+                rest = [k for k in range(teacher.n) if k not in part]
+                self.note(depth, f"{kind}: {[names[k] for k in part]} | {[names[k] for k in rest]}")
+                g = self.solve(restrict(view, list(part), centre), [names[k] for k in part], depth + 1)
+                h = None if g is None else self.solve(restrict(view, rest, centre), [names[k] for k in rest], depth + 1)
+                if g is None or h is None:
+                    continue
+                expr = combine(g, h, sympy.Float(float(view(centre[None])[0])))
+                expr = self.refit(expr, teacher, names)
+                if self.accepts(expr, teacher, names):
+                    return expr
+        return None
+
+
+def outer(teacher: BoxTeacher, kind: str, points: int = 256, seed: int = 0) -> BoxTeacher:
+    """``f^2`` (``kind="square"``) or ``1 / f`` (``"reciprocal"``) as a teacher; its error is the teacher's
+    times the outer function's median slope over sampled values (its largest would make every test pass
+    where ``f`` is small; a wrong split is caught when the composed formula is checked)."""
+    f = teacher(teacher.sample(points, seed)).abs()
+    if kind == "square":
+        return BoxTeacher(lambda x: teacher.fn(x).reshape(-1).square(), teacher.low, teacher.high,
+                          teacher.error * 2 * float(f.median()))  # fmt: skip
+    if kind == "reciprocal":
+        return BoxTeacher(lambda x: teacher.fn(x).reshape(-1).reciprocal(), teacher.low, teacher.high,
+                          teacher.error / float(f.median()) ** 2)  # fmt: skip
+    raise ValueError(f"outer: kind must be 'square' or 'reciprocal', got {kind!r}")
+
+
+def solve(teacher: BoxTeacher, features: list[str], config: SolveConfig | None = None,
+          deadline: float | None = None) -> Solution:  # fmt: skip
+    """A formula for the teacher's function of ``features``, found by recursive splitting (module docstring).
+
+    ``deadline``: a `time.monotonic` value after which no split is tried and leaves get no new candidate.
+    Raises `FloatingPointError` when no formula is found at all.
+    """
+    config = config or SolveConfig()
+    if len(features) != teacher.n:
+        raise ValueError(f"solve: {len(features)} features for a teacher of {teacher.n} inputs")
+    solver = _Solver(config, deadline, set(features))
+    expr = solver.solve(teacher, list(features), 0)
+    if expr is None:
+        raise FloatingPointError(f"solve: no formula for {features}")
+    if not solver.accepts(expr, teacher, features):  # a leaf's best effort: refit on the whole once more
+        expr = solver.refit(expr, teacher, features)
+    expr = canonical_form(expr, max_ops=60)
+    return Solution(expr, solver.rmse(expr, teacher, features)[1], solver.steps)
+
+
+def fit_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str], steps: int = 1500, polish_steps: int = 30,
+                validation_fraction: float = 0.2, seed: int = 0) -> BoxTeacher:  # fmt: skip
+    """An MLP teacher (`teachers.mlp.train_mlp`, 64 x 64, SiLU) fitted to ``x (batch, n) -> y (batch,)``;
+    its ``error`` is its RMSE on the held-out first ``validation_fraction`` of the rows."""
+    n_val = max(1, int(validation_fraction * x.shape[0]))
+    low, high = x.min(0).values, x.max(0).values
+    ranges = zip(features, low.tolist(), high.tolist(), strict=True)
+    schema = FeatureSchema(tuple(NumericFeature(f, lo, hi) for f, lo, hi in ranges))
+    y = y.reshape(-1, 1).float()
+    mlp = train_mlp(x[n_val:].float(), y[n_val:], schema, steps=steps, seed=seed, polish_steps=polish_steps)
+    mlp.eval()
+    with torch.no_grad():
+        error = float((mlp(x[:n_val].float()) - y[:n_val]).square().mean().sqrt())
+    return BoxTeacher(lambda z: mlp(z)[:, 0], low, high, error)
+
+
+@dataclass
+class TeacherDiscoverConfig:
+    """The recursion (``solve``) through a teacher, then the plain search (``plain``) unless the recursion's
+    formula is exact on the data. ``seconds`` for both: the teacher's fit and the recursion stop after
+    ``1 - plain_share`` of it, the plain search gets what is left."""
+
+    plain: DiscoverConfig = field(default_factory=DiscoverConfig)
+    solve: SolveConfig = field(default_factory=SolveConfig)
+    seconds: float | None = None
+    plain_share: float = 0.4
+    teacher_steps: int = 1500
+
+
+def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str], teacher: BoxTeacher | None = None,
+                          config: TeacherDiscoverConfig | None = None) -> Discovery:  # fmt: skip
+    """A formula for ``y`` ``(batch,)`` of ``x`` ``(batch, n)``: :func:`solve` on ``teacher`` (default: an
+    MLP fitted to the data, :func:`fit_teacher`), its constants refitted to the data; unless that is exact
+    (``plain.exact_r2``) with at most one unsnapped constant, also `discover_formula`. The better on the
+    held-out rows (the plain search's validation rows, the first ``plain.validation_fraction``) wins:
+    higher R^2, or on a tie (1e-9) fewer unsnapped constants and operations. As with `discover_formula`, a
+    formula that is not finite on every row or scores below ``plain.min_r2`` is never returned (none is:
+    `FloatingPointError`)."""
+    config = config or TeacherDiscoverConfig()
+    plain_config = DiscoverConfig(**{**config.plain.__dict__})
+    start = time.monotonic()
+    deadline = None if config.seconds is None else start + config.seconds
+    solve_deadline = None if config.seconds is None else start + (1 - config.plain_share) * config.seconds
+    n_val = max(1, int(plain_config.validation_fraction * x.shape[0]))
+    xs, ys = x.double().numpy(), y.reshape(-1).double().numpy()
+    found = None
+    try:
+        teacher = teacher or fit_teacher(x, y, features, steps=config.teacher_steps, seed=plain_config.seed)
+        solution = solve(teacher, features, config.solve, solve_deadline)
+        expr = snap_constants(solution.expression, features, xs[n_val:], ys[n_val:], deadline=solve_deadline)
+        expr = canonical_form(expr, max_ops=60)
+        r2 = _r2(evaluate(expr, features, xs[:n_val]), ys[:n_val])
+        if np.all(np.isfinite(evaluate(expr, features, xs))) and r2 >= plain_config.min_r2:
+            found = Discovery(Extraction(list(features), [expr]), "teacher recursion", r2, {"teacher recursion": r2})
+    except FloatingPointError as err:
+        logger.info("discover_with_teacher: the recursion found nothing (%s)", err)
+    if found is not None and found.r2_validation >= plain_config.exact_r2 and _complexity(found.expression)[0] <= 1:
+        return found  # exact with at most one free constant: the plain search cannot do better
+    if deadline is not None:
+        plain_config.seconds = max(deadline - time.monotonic(), 0.0)
+    try:
+        plain = discover_formula(x, y, features, plain_config)
+    except FloatingPointError:
+        if found is None:
+            raise
+        return found
+    if found is None:
+        return plain
+    plain.candidates["teacher recursion"] = found.r2_validation
+    found.candidates = plain.candidates
+    if abs(found.r2_validation - plain.r2_validation) > 1e-9:
+        return found if found.r2_validation > plain.r2_validation else plain
+    return found if _complexity(found.expression) < _complexity(plain.expression) else plain

@@ -1,0 +1,60 @@
+"""The recursive solve: split where the teacher says the function splits, solve the parts, compose, refit."""
+
+import math
+
+import pytest
+import sympy
+import torch
+
+from distill.discover import DiscoverConfig
+from distill.recursive import SolveConfig, TeacherDiscoverConfig, discover_with_teacher, polynomial, solve
+from distill.separability import BoxTeacher
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_exp_sin_plus_square_times_z_is_recovered_exactly_through_two_multiplicative_splits():
+    teacher = BoxTeacher(lambda x: torch.exp(torch.sin(math.pi * x[:, 0]) + x[:, 1] ** 2) * x[:, 2],
+                         [-1, -1, 1], [1, 1, 2], error=0.0)  # fmt: skip
+    found = solve(teacher, ["x", "y", "z"], SolveConfig(seed=0))
+    x, y, z = sympy.symbols("x y z", real=True)
+    assert sympy.simplify(found.expression - sympy.exp(sympy.sin(sympy.pi * x) + y**2) * z) == 0
+    assert found.r2 > 1 - 1e-9
+    assert [s.strip() for s in found.steps] == ["multiplicative: ['x'] | ['y', 'z']", "multiplicative: ['y'] | ['z']"]
+
+
+def test_a_symmetry_becomes_one_new_input_and_is_substituted_back():
+    """f(a, b, c) = exp(-(a - b)^2) + c: a - b is merged into one input, solved, and written back."""
+    teacher = BoxTeacher(lambda x: torch.exp(-((x[:, 0] - x[:, 1]) ** 2)) * x[:, 2], [0, 0, 1], [2, 2, 3], error=0.0)
+    found = solve(teacher, ["a", "b", "c"], SolveConfig(seed=0))
+    a, b, c = sympy.symbols("a b c", real=True)
+    assert sympy.simplify(found.expression - sympy.exp(-((a - b) ** 2)) * c) == 0
+    assert any("symmetry" in s for s in found.steps)
+
+
+def test_solve_refuses_mismatched_features():
+    teacher = BoxTeacher(lambda x: x[:, 0], [0.0], [1.0], error=0.0)
+    with pytest.raises(ValueError, match="features"):
+        solve(teacher, ["a", "b"])
+
+
+def test_a_polynomial_leaf_is_fitted_and_snapped_to_simple_coefficients():
+    x = torch.rand(300, 2, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    y = 3 * x[:, 0] ** 2 - 2 * x[:, 0] * x[:, 1] + 0.5
+    found = polynomial(x, y, ["a", "b"])
+    a, b = sympy.symbols("a b", real=True)
+    assert sympy.expand(found - (3 * a**2 - 2 * a * b + sympy.Rational(1, 2))) == 0
+
+
+def test_relativistic_mass_is_found_from_data_through_a_fitted_teacher():
+    """Feynman I.10.7, m_0 / sqrt(1 - v^2 / c^2): the plain search alone misses it (held-out R^2 0.976 with
+    these settings); the MLP teacher shows v / c is one input and m_0 a factor, and 1 / f^2 of the v / c
+    part is a polynomial."""
+    rng = torch.Generator().manual_seed(0)
+    x = torch.rand(1000, 3, generator=rng) * torch.tensor([4.0, 1.0, 7.0]) + torch.tensor([1.0, 1.0, 3.0])
+    y = x[:, 0] / torch.sqrt(1 - x[:, 1] ** 2 / x[:, 2] ** 2)
+    config = TeacherDiscoverConfig(plain=DiscoverConfig(hidden=None, seed=0))
+    found = discover_with_teacher(x, y, ["m_0", "v", "c"], config=config)
+    m, v, c = sympy.symbols("m_0 v c", real=True)
+    assert found.transform == "teacher recursion"  # exact on the data: the plain search is not needed
+    assert sympy.simplify(found.expression - m / sympy.sqrt(1 - v**2 / c**2)) == 0
