@@ -61,8 +61,25 @@ def canonical_form(expr: sympy.Expr, max_ops: int = MAX_OPS) -> sympy.Expr:
             tried.append(sympy.simplify(e))
         except (TypeError, ValueError, RecursionError):  # sympy gives up on some inputs
             continue
-    tried = [e for e in tried if _writable(e)] or [expr]
+    tried = [_fold_constants(e) for e in tried if _writable(e)] or [expr]
     return min(tried, key=lambda e: (sympy.count_ops(e), len(str(e))))
+
+
+def _fold_constants(expr: sympy.Expr) -> sympy.Expr:
+    """Each product's constant factors as one number when one is a float and another a function of a constant:
+    ``0.04321*exp(pi)*x`` is ``1.0*x`` (simplifying a formula fitted in log space splits a constant that way);
+    ``2.0*pi*x`` stays as it is."""
+
+    def fold(product: sympy.Mul) -> sympy.Expr:
+        constants = [a for a in product.args if not a.free_symbols]
+        if not (any(a.has(sympy.Float) for a in constants) and any(a.atoms(sympy.Function) for a in constants)):
+            return product
+        value = sympy.Mul(*constants).evalf()
+        if not isinstance(value, sympy.Float):
+            return product
+        return value * sympy.Mul(*(a for a in product.args if a.free_symbols))
+
+    return expr.replace(lambda e: isinstance(e, sympy.Mul), fold)
 
 
 def _cheap_to_simplify(expr: sympy.Expr, max_ops: int = 30) -> bool:

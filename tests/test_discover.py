@@ -68,3 +68,14 @@ def test_canonical_form_writes_exponential_ratios_as_tanh():
     assert canonical_form(y + 2 * (1 - sympy.exp(-2 * x)) / (1 + sympy.exp(-2 * x))) == y + 2 * sympy.tanh(x)
     # simplify would write cosh(x), which a formula file cannot hold: the form stays writable
     assert canonical_form(sympy.exp(x) / 2 + sympy.exp(-x) / 2).atoms(sympy.Function) <= {sympy.exp(x), sympy.exp(-x)}
+
+
+def test_canonical_form_folds_a_float_times_a_constant_function_into_one_number():
+    """Simplifying a formula fitted in log space gave ``0.04321*Nn*mu*exp(pi)`` for ``1.0*Nn*mu``."""
+    from distill.canonical import canonical_form
+
+    nn, mu = sympy.symbols("Nn mu", real=True)
+    folded = canonical_form(sympy.Float(0.04321) * nn * mu * sympy.exp(sympy.pi))
+    assert folded.free_symbols == {nn, mu} and not folded.atoms(sympy.exp)
+    assert float(folded / (nn * mu)) == pytest.approx(0.04321 * np.exp(np.pi))
+    assert canonical_form(sympy.Float(2.0) * sympy.pi * sympy.sin(nn)).has(sympy.pi)  # pi stays readable
