@@ -138,6 +138,10 @@ class TrainConfig:
     (``1.0``: uniform grids, whose closed-form basis is the fast one); ``selection_fraction`` of
     the training rows, when set, decides early stopping, snapshots and the choice of member, so that
     the validation rows that the fidelity is measured on take no part in training at all.
+    ``batch_size``, when set, gives Adam minibatches of that many training rows (each epoch a
+    seeded permutation, a function of the step count, so a resumed run draws the same batches):
+    many more updates for the same work on a large cache, such as one sampled well beyond the
+    teacher's own data; L-BFGS (and the polish) always takes the full batch.
     """
 
     hidden: list[int] = field(default_factory=lambda: [5])
@@ -165,6 +169,7 @@ class TrainConfig:
     grid_uniform_fraction: float = 0.02
     grid_margin: float = 0.0
     selection_fraction: float = 0.0
+    batch_size: int | None = None
     mixed_precision: str = "no"
     log_with: str | None = None
     progress: bool = True
@@ -182,6 +187,8 @@ class TrainConfig:
         for name in ("grid", "k", "eval_every", "patience", "checkpoint_every", "members"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise TrainError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise TrainError(f"batch_size: expected a positive integer or None, got {self.batch_size!r}")
         if not isinstance(self.polish_steps, int) or self.polish_steps < 0:
             raise TrainError(f"polish_steps: expected a non-negative integer, got {self.polish_steps!r}")
         for name, low, high in (("warmup", 0, 1), ("grid_uniform_fraction", 0, 1), ("selection_fraction", 0, 0.9)):
@@ -311,6 +318,7 @@ class GroupTrainer:
         # Shards differ by a row when ``world`` does not divide ``rows``: each shard's mean loss is
         # weighted by its share, so that the average over processes is the mean over all rows.
         self.shard_weight = len(self.local_rows) * world / rows
+        self.batch: torch.Tensor | None = None  # the current Adam minibatch's rows (None: all rows)
 
     def phase_steps(self, phase: str) -> int:
         if phase in ("prune", "refine", "select"):
@@ -356,9 +364,23 @@ class GroupTrainer:
             offset += g.numel()
         return self.accelerator.reduce(loss.detach(), reduction="mean")
 
+    def minibatch(self, phase: int, step: int) -> torch.Tensor:
+        """The training rows of Adam step ``step`` in phase ``phase``: the next ``batch_size`` rows of
+        this epoch's seeded permutation, a function of the counts alone (so resuming draws the same)."""
+        rows, size = len(self.data.x_train), self.config.batch_size
+        per_epoch = -(-rows // size)
+        epoch, index = divmod(step, per_epoch)
+        order = np.random.default_rng([self.config.seed, phase, epoch]).permutation(rows)
+        return torch.as_tensor(np.sort(order[index * size : (index + 1) * size]))
+
     def step(self, model: KAN, optimizer: torch.optim.Optimizer, members: list[int], penalty: bool) -> float:
-        x = self.data.x_train[self.local_rows]
-        y = self.data.y_train[self.target_rows(members)][:, self.local_rows]
+        local, weight = self.local_rows, self.shard_weight
+        if self.batch is not None:
+            rank, world = self.accelerator.process_index, self.accelerator.num_processes
+            local = self.batch[rank::world]
+            weight = len(local) * world / len(self.batch)
+        x = self.data.x_train[local]
+        y = self.data.y_train[self.target_rows(members)][:, local]
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
@@ -371,7 +393,7 @@ class GroupTrainer:
                 if self.config.smoothness:
                     loss = loss + self.config.smoothness * smoothness_penalty(model).sum()
                 if self.accelerator.num_processes > 1:
-                    loss = loss * self.shard_weight
+                    loss = loss * weight
             loss.backward()
             return self._average(model, loss)
 
@@ -489,6 +511,8 @@ class GroupTrainer:
             if kind == "adam":
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, steps, config.lr_for(kind), config.schedule, config.warmup)
+            use_batches = kind == "adam" and config.batch_size and config.batch_size < len(self.data.x_train)
+            self.batch = self.minibatch(state["phase"], step) if use_batches else None
             loss = self.step(model, optimizer, members, penalty=phase == "sparsify")
             if not math.isfinite(loss):
                 raise FloatingPointError(f"students {self.names}: the training loss became {loss} in phase "

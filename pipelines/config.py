@@ -180,6 +180,7 @@ class TrainSection(Strict):
     grid_uniform_fraction: float = Field(default=0.02, ge=0, le=1)
     grid_margin: float = Field(default=0.0, ge=0, le=10)
     selection_fraction: float = Field(default=0.0, ge=0, le=0.9)
+    batch_size: Annotated[int, Field(gt=0, le=10_000_000)] | None = None
 
 
 class ExtractSection(Strict):

@@ -134,3 +134,37 @@ def test_the_smoothness_penalty_is_zero_on_straight_splines_only():
 def test_bad_recipe_options_are_named(options, message):
     with pytest.raises(TrainError, match=message):
         TrainConfig(**options)
+
+
+def test_the_diabetes_teachers_student_reaches_r2_09_on_inputs_beyond_its_data(tmp_path):
+    """The MLP fitted to scikit-learn's diabetes data, distilled on 16,000 inputs (the teacher is
+    cheap to query; on its 442 patients' worth of rows a KAN overfits) by Adam on minibatches."""
+    from teachers.embedded import diabetes_teacher
+
+    teacher = diabetes_teacher()
+    cache = generate_targets(teacher, sample_inputs(teacher.schema, 16000, "lhs", seed=0), tmp_path / "t")
+    config = TrainConfig(hidden=[16, 16], grid=3, steps=1500, batch_size=512, lr=0.02, eval_every=50,
+                         selection_fraction=0.15, patience=20, **RECIPE)  # fmt: skip
+    result = distill(cache, [StudentSpec("d", ("progression",))], tmp_path / "run", config)
+    assert result.fidelity["d"]["r2"] >= 0.9, result.fidelity
+
+
+def test_minibatches_are_a_seeded_function_of_the_step_that_cover_every_row_each_epoch(planted_cache, tmp_path):
+    config = TrainConfig(hidden=[3], grid=3, steps=12, batch_size=300, eval_every=4, **RECIPE)
+    seen = []
+    step = train_stage.GroupTrainer.step
+
+    def recorded(self, model, optimizer, members, penalty):
+        seen.append(self.batch.clone())
+        return step(self, model, optimizer, members, penalty)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_stage.GroupTrainer, "step", recorded)
+        distill(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", config)
+    rows = round(1200 * 0.8)  # 960 training rows: batches of 300, 300, 300, 60 per epoch
+    assert [len(b) for b in seen[:4]] == [300, 300, 300, 60]
+    assert torch.equal(torch.cat(seen[:4]).sort().values, torch.arange(rows))
+    assert not torch.equal(seen[0], seen[4])  # a new permutation each epoch
+    trainer = train_stage.GroupTrainer.__new__(train_stage.GroupTrainer)
+    trainer.config, trainer.data = config, type("D", (), {"x_train": torch.zeros(rows, 3)})()
+    assert all(torch.equal(trainer.minibatch(0, s), seen[s]) for s in range(12))
