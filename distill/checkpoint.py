@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from students import KAN
+from students.persistence import atomic_write_bytes
 
 TENSOR = "__tensor__"
 
@@ -73,7 +74,7 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] = {}
     record = {**state, "optimizer": flatten_state(optimizer.state_dict(), "", tensors) if optimizer else None}
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(record, indent=1))
+    atomic_write_bytes(tmp / "state.json", json.dumps(record, indent=1).encode())  # last, and whole: marks it complete
     old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     if folder.exists():
         os.replace(folder, old)
