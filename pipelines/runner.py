@@ -322,14 +322,13 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
                 output.update(_single_expression(config, surrogate, j, schema, x_fit, x_val, student_val[:, j],
                                                  config.extract.seconds - (time.monotonic() - start)))  # fmt: skip
             outputs.append(output)
-        record = {"stamp": stamp, "student": spec.name, "features": schema.names, "outputs": outputs,
-                  "fidelity_vs_teacher": {}}  # fmt: skip
-        _write_json(path, record)  # read back (checked) to measure what the file holds
+        record = {"student": spec.name, "features": schema.names, "outputs": outputs, "fidelity_vs_teacher": {}}
+        _write_json(path, record)  # unstamped (a kill here redoes the stage); read back to measure what it holds
         formula_y = np.stack([read_formula_record(path, schema).predict(k, schema.decode(x_val))
                               for k in range(len(outputs))], 1)  # fmt: skip
         measure = label_fidelity if spec.kind == "labels" else scalar_fidelity
-        record["fidelity_vs_teacher"] = measure(torch.as_tensor(formula_y), torch.as_tensor(teacher_y))
-        _write_json(path, record)
+        fidelity = measure(torch.as_tensor(formula_y), torch.as_tensor(teacher_y))
+        _write_json(path, {"stamp": stamp, **record, "fidelity_vs_teacher": fidelity})
         results[spec.name] = read_formula_record(path, schema)
         for target, text in zip(results[spec.name].targets, results[spec.name].text, strict=True):
             logger.info("extract: %s = %s", target, text)

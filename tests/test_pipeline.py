@@ -289,3 +289,22 @@ def test_the_cli_runs_unchanged_on_two_processes(tmp_path):
     assert writers == {0, 1}
     assert json.loads((tmp_path / "run" / "train" / "fidelity.json").read_text())["friction"]["r2"] > 0.99
     assert (tmp_path / "run" / "report" / "index.html").is_file()
+
+
+def test_an_extract_stage_killed_before_its_fidelity_is_written_redoes_it(tmp_path, monkeypatch):
+    """The formula file is stamped only once complete: a kill between its two writes redoes the stage."""
+    import pipelines.runner as runner
+
+    config = parse_config(SMALL)
+    run(config, tmp_path, stages=("targets", "train"), progress=False)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "scalar_fidelity", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(config, tmp_path, stages=("extract",), progress=False)
+    run(config, tmp_path, stages=("extract",), progress=False)
+    record = json.loads((tmp_path / "formulas" / "friction.json").read_text())
+    assert record["fidelity_vs_teacher"]["r2"] > 0.99 and "stamp" in record
