@@ -553,7 +553,9 @@ class SoftTargetCache:
 
     def features(self) -> np.ndarray:
         """The inputs as numbers, ``(rows, n_features)`` float64 (categories as their index)."""
-        return self.schema.encode({name: self.dataset[name] for name in self.schema.names})
+        columns = {name: self.dataset.data.column(name) for name in self.schema.names}
+        return self.schema.encode({name: c.to_numpy() if pa.types.is_floating(c.type) or pa.types.is_integer(c.type)
+                                   else c.to_pylist() for name, c in columns.items()})  # fmt: skip
 
     def target(self, name: str) -> np.ndarray:
         """One output column: ``(rows,)`` or ``(rows, d)``."""

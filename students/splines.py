@@ -58,6 +58,64 @@ def cox_de_boor_basis(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.
     return basis
 
 
+def _reciprocal_spans(grid: torch.Tensor, p: int) -> torch.Tensor:
+    """``1 / (t[j + p] - t[j])`` per knot ``j``, 0 where two knots coincide (the 0/0 = 0 convention)."""
+    span = grid[..., p:] - grid[..., :-p]
+    return torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0)
+
+
+def _knot_basis_levels(x: torch.Tensor, grid: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The order-``order`` and order-``order - 1`` bases by Cox-de Boor, with few temporaries.
+
+    Uses ``right_j = 1 - left_{j+1}`` (both weights come from one ``(x - t_j) / (t_{j+p} - t_j)``
+    tensor) and in-place updates, so each level allocates three full-size tensors.
+    """
+    x = x.unsqueeze(-1)
+    basis = ((x >= grid[..., :-1]) & (x < grid[..., 1:])).to(x.dtype)
+    lower = basis
+    for p in range(1, order + 1):
+        lower = basis
+        weight = (x - grid[..., :-p]).mul_(_reciprocal_spans(grid, p))
+        basis = weight[..., :-1] * lower[..., :-1]
+        basis.add_(weight[..., 1:].neg_().add_(1.0).mul_(lower[..., 1:]))
+    return basis, lower
+
+
+class _KnotBasis(torch.autograd.Function):
+    """Cox-de Boor basis with the analytic derivative as its backward.
+
+    ``dB_{j,k}/dx = k (B_{j,k-1} / (t_{j+k} - t_j) - B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}))``, from
+    the order ``k - 1`` basis the forward computed anyway; autograd would otherwise record every
+    elementwise op of the recursion. The grid is a buffer and gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, grid, order):
+        basis, lower = _knot_basis_levels(x, grid, order)
+        if x.requires_grad:
+            ctx.save_for_backward(lower.mul_(_reciprocal_spans(grid, order)) if order else lower)
+        ctx.order = order
+        return basis
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[0] or ctx.order == 0:
+            return None, None, None
+        (scaled,) = ctx.saved_tensors
+        slope = scaled[..., :-1] - scaled[..., 1:]
+        return slope.mul_(grad).sum(-1).mul_(ctx.order), None, None
+
+
+def knot_basis(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
+    """B-spline basis on any non-decreasing grid: :func:`cox_de_boor_basis`'s values, faster.
+
+    Shapes as in :func:`cox_de_boor_basis`; differentiable in ``x`` only.
+    """
+    if grid.requires_grad:
+        raise ValueError("knot_basis: the grid must not require a gradient")
+    return _KnotBasis.apply(x, grid, order)
+
+
 def _cardinal_terms(order: int) -> list[tuple[float, float]]:
     """(offset, weight) pairs of the centred cardinal B-spline's truncated-power form.
 
@@ -160,7 +218,7 @@ def spline_basis(
     x: torch.Tensor, grid: torch.Tensor, order: int, uniform: bool, compiled: bool = False
 ) -> torch.Tensor:
     """The basis by the fastest exact route: closed form when ``uniform``, else Cox-de Boor."""
-    return uniform_basis(x, grid, order, compiled) if uniform else cox_de_boor_basis(x, grid, order)
+    return uniform_basis(x, grid, order, compiled) if uniform else knot_basis(x, grid, order)
 
 
 def quantile_grid(

@@ -11,6 +11,7 @@ from students.splines import (
     cox_de_boor_basis,
     fit_coefficients,
     is_uniform,
+    knot_basis,
     quantile_grid,
     uniform_basis,
     uniform_grid,
@@ -52,6 +53,24 @@ def test_cox_de_boor_matches_naive_loop_on_a_nonuniform_grid():
     basis = cox_de_boor_basis(xs[:, None], grid, 3)[:, 0]
     ref = torch.tensor([naive_basis(float(x), knots, 3) for x in xs], dtype=torch.float64)
     torch.testing.assert_close(basis, ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_knot_basis_equals_the_recursion_and_its_gradient_passes_gradcheck(order):
+    knots = [-3.0, -2.0, -1.5, -1.0, -0.2, 0.1, 0.9, 1.0, 2.5, 3.0, 4.0]
+    grid = torch.tensor([knots, [k / 2 for k in knots]], dtype=torch.float64)
+    x = torch.rand(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 1.9 - 0.95
+    torch.testing.assert_close(knot_basis(x, grid, order), cox_de_boor_basis(x, grid, order), atol=1e-12, rtol=0)
+    if order:
+        assert torch.autograd.gradcheck(lambda x: knot_basis(x, grid, order), (x.requires_grad_(),))
+
+
+def test_knot_basis_on_coinciding_knots_is_finite_and_sums_to_one():
+    grid = torch.tensor([[-2.0, -1.0, -1.0, -1.0, 0.0, 0.5, 0.5, 1.0, 2.0, 3.0]], dtype=torch.float64)
+    x = torch.linspace(-0.99, 0.99, 41, dtype=torch.float64)[:, None]
+    basis = knot_basis(x, grid, 2)
+    assert torch.isfinite(basis).all()
+    torch.testing.assert_close(basis.sum(-1), torch.ones(41, 1, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
 def test_uniform_basis_gradcheck_float64():
