@@ -236,9 +236,11 @@ class _Solver:
         return (sse / len(ref)) ** 0.5, 1 - sse / max(float(np.sum((ref - ref.mean()) ** 2)), 1e-300)
 
     def refit(self, expr: sympy.Expr, teacher: BoxTeacher, names: list[str]) -> sympy.Expr:
-        """Refit and snap the composed formula's constants against the teacher."""
+        """Refit the composed formula's constants against the teacher, and snap each one that the teacher's
+        own error cannot tell from a simple value (`snap_floor`)."""
         x, y = self.data(teacher, 17)
-        return snap_constants(expr, names, x.double().numpy(), y.double().numpy(), deadline=self.deadline)
+        floor = snap_floor(self.tolerance(teacher), y)
+        return snap_constants(expr, names, x.double().numpy(), y.double().numpy(), floor=floor, deadline=self.deadline)
 
     def leaf(self, teacher: BoxTeacher, names: list[str]) -> sympy.Expr | None:
         """A formula for the teacher on ``f``, ``1 / f``, ``f^2`` and ``1 / f^2`` (the last three where
@@ -265,8 +267,8 @@ class _Solver:
             logger.info("leaf %s, polynomial in %s: %s (RMSE %.3g)", names, name, expr, rmse)
             if _preferred(expr, rmse, best, best_rmse, tolerance):
                 best, best_rmse = expr, rmse
-        if best_rmse <= tolerance:
-            return best
+        if best_rmse <= tolerance / self.config.factor:
+            return best  # as close as the teacher's own error; else a student may find a simpler law
         leaf = self.config.leaf
         for name, forward, inverse in outers:
             seconds = None if self.deadline is None else self.deadline - time.monotonic()
@@ -382,6 +384,12 @@ class _Solver:
         return None
 
 
+def snap_floor(tolerance: float, y: torch.Tensor, cap: float = 1e-3) -> float:
+    """The ``1 - R^2`` that an RMSE of ``tolerance`` against ``y`` ``(batch,)`` amounts to (at most ``cap``):
+    a snapped constant that keeps the formula this close to the teacher is as right as the teacher can say."""
+    return min((tolerance / max(float(y.std()), 1e-300)) ** 2, cap)
+
+
 def outer(teacher: BoxTeacher, kind: str, points: int = 256, seed: int = 0) -> BoxTeacher:
     """``f^2`` (``kind="square"``) or ``1 / f`` (``"reciprocal"``) as a teacher; its error is the teacher's
     times the outer function's median slope over sampled values (its largest would make every test pass
@@ -465,7 +473,9 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
     try:
         teacher = teacher or fit_teacher(x, y, features, steps=config.teacher_steps, seed=plain_config.seed)
         solution = solve(teacher, features, config.solve, solve_deadline)
-        expr = snap_constants(solution.expression, features, xs[n_val:], ys[n_val:], deadline=solve_deadline)
+        floor = snap_floor(config.solve.factor * teacher.error, y.reshape(-1))
+        expr = snap_constants(solution.expression, features, xs[n_val:], ys[n_val:], floor=floor,
+                              deadline=solve_deadline)  # fmt: skip
         expr = canonical_form(expr, max_ops=60)
         r2 = _r2(evaluate(expr, features, xs[:n_val]), ys[:n_val])
         if np.all(np.isfinite(evaluate(expr, features, xs))) and r2 >= plain_config.min_r2:

@@ -58,3 +58,16 @@ def test_relativistic_mass_is_found_from_data_through_a_fitted_teacher():
     m, v, c = sympy.symbols("m_0 v c", real=True)
     assert found.transform == "teacher recursion"  # exact on the data: the plain search is not needed
     assert sympy.simplify(found.expression - m / sympy.sqrt(1 - v**2 / c**2)) == 0
+
+
+@pytest.mark.parametrize(("error", "constant"), [(0.0, 3.003), (0.02, 3.0)])
+def test_a_constant_is_snapped_only_when_the_teachers_error_cannot_tell_it_from_a_simple_value(error, constant):
+    """3.003 a b^2 on [1, 2]^2 (spread about 4): a teacher exact to float rounding keeps 3.003; one whose
+    error is 0.02 cannot tell 3.003 from 3 (a 0.1% change), so the formula says 3."""
+    teacher = BoxTeacher(lambda x: 3.003 * x[:, 0] * x[:, 1] ** 2, [1, 1], [2, 2], error=error)
+    found = solve(teacher, ["a", "b"], SolveConfig(seed=0)).expression
+    a, b = sympy.symbols("a b", real=True)
+    ratio = sympy.simplify(found.subs({a: sympy.Rational(3, 2), b: sympy.Rational(5, 4)}) / (a * b**2).subs(
+        {a: sympy.Rational(3, 2), b: sympy.Rational(5, 4)}))  # fmt: skip
+    assert abs(float(ratio) - constant) < 1e-4
+    assert bool(found.atoms(sympy.Float)) == (error == 0.0)
