@@ -116,7 +116,7 @@ def discover_formula(
         forward = torch.log if transform == "log" else (lambda t: t)
         model = KAN(width, grid=config.grid, seed=config.seed)
         try:
-            model = sparse_fit(model, x_fit, forward(y_fit), config.schedule)
+            model = sparse_fit(model, x_fit, forward(y_fit), config.schedule, deadline)
             extraction = extract_formula(
                 model,
                 x_fit,

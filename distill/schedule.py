@@ -9,6 +9,7 @@ network is chosen by its fidelity, not by a threshold.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -53,27 +54,36 @@ def node_importance(model: KAN, x: torch.Tensor) -> list[tuple[float, int, int]]
     return sorted(scores)
 
 
-def prune_greedily(model: KAN, x: torch.Tensor, y: torch.Tensor, config: ScheduleConfig) -> KAN:
+def prune_greedily(
+    model: KAN, x: torch.Tensor, y: torch.Tensor, config: ScheduleConfig, deadline: float | None = None
+) -> KAN:
     """Remove hidden nodes one at a time while ``1 - R^2`` stays within ``keep_factor`` of the start.
 
     Each round tries the nodes weakest first and keeps the first removal that still fits after
-    a short refit (importance predicts which node can go only roughly); it stops when no node can.
+    a short refit (importance predicts which node can go only roughly); it stops when no node can,
+    or when ``deadline`` (a `time.monotonic` value) has passed (with a warning: the network is then
+    larger than it needs to be).
     """
     if model.ensemble != 1:
         raise ValueError("prune_greedily: one student at a time (use model.member(e))")
     budget = max(config.keep_factor * _loss(model, x, y), config.loss_floor)
     while True:
-        smaller = _first_removal_within(model, x, y, budget, config.node_refit_steps)
+        smaller = _first_removal_within(model, x, y, budget, config.node_refit_steps, deadline)
         if smaller is None:
             return model
         model = smaller
 
 
-def _first_removal_within(model: KAN, x: torch.Tensor, y: torch.Tensor, budget: float, steps: int) -> KAN | None:
+def _first_removal_within(
+    model: KAN, x: torch.Tensor, y: torch.Tensor, budget: float, steps: int, deadline: float | None
+) -> KAN | None:
     """The first network, trying hidden nodes weakest first, that fits within ``budget`` without one."""
     for _, boundary, node in node_importance(model, x):
         if model.width[boundary] == 1:
             continue
+        if deadline is not None and time.monotonic() > deadline:
+            logger.warning("prune_greedily: out of time; width %s is kept unpruned", model.width)
+            return None
         trial = model.remove_hidden_node(boundary, node, x)
         try:
             fit_kan(trial, x, y, FitConfig(steps=steps, grid_update_every=0))
@@ -85,12 +95,15 @@ def _first_removal_within(model: KAN, x: torch.Tensor, y: torch.Tensor, budget: 
     return None
 
 
-def sparse_fit(model: KAN, x: torch.Tensor, y: torch.Tensor, config: ScheduleConfig | None = None) -> KAN:
-    """Fit with the sparsity penalty, prune by threshold, prune nodes greedily, refit."""
+def sparse_fit(
+    model: KAN, x: torch.Tensor, y: torch.Tensor, config: ScheduleConfig | None = None, deadline: float | None = None
+) -> KAN:
+    """Fit with the sparsity penalty, prune by threshold, prune nodes greedily (until ``deadline``, a
+    `time.monotonic` value), refit."""
     config = config or ScheduleConfig()
     fit_kan(model, x, y, FitConfig(steps=config.sparse_steps, l1=config.l1, entropy=config.entropy))
     model = model.prune(x)
     fit_kan(model, x, y, FitConfig(steps=config.refit_steps))
-    model = prune_greedily(model, x, y, config)
+    model = prune_greedily(model, x, y, config, deadline)
     fit_kan(model, x, y, FitConfig(steps=config.refit_steps, grid_update_every=0))
     return model

@@ -159,3 +159,14 @@ def test_exp_sin_plus_square_is_recovered_exactly_from_4_of_5_training_seeds():
             recovered += 1
             assert result.fidelity["r2_vs_teacher"] > 0.999999
     assert recovered >= 4
+
+
+def test_greedy_pruning_stops_at_its_deadline_and_keeps_the_network(caplog):
+    """No node removal is tried once the deadline has passed: the network comes back as it was."""
+    from distill.schedule import ScheduleConfig, prune_greedily
+
+    x = torch.rand(200, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    model = KAN([2, 4, 1], seed=0)
+    pruned = prune_greedily(model, x, x[:, :1] + x[:, 1:], ScheduleConfig(), deadline=0.0)
+    assert pruned is model and pruned.width == [2, 4, 1]
+    assert "out of time" in caplog.text
