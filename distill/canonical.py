@@ -6,14 +6,16 @@ rewrites such ratios of exponentials as ``tanh`` and keeps the shortest of the
 rewrites it tries; :func:`equivalent_up_to_constant` decides whether two formulas differ by an
 additive or a multiplicative constant, comparing them in several common forms (as written,
 canonical, everything rewritten as ``exp``), since ``sympy.simplify(found - truth)`` alone misses
-some matches.
+some matches. :func:`canonical_on_data` also uses the inputs' signs: ``Abs(m)`` is ``m`` where
+``m > 0`` on every row.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import sympy
 
-from distill.formula import FUNCTIONS
+from distill.formula import FUNCTIONS, FormulaError, evaluate
 
 MAX_OPS = 500  # sympy.simplify's cost grows fast with size: larger formulas are left as they are
 
@@ -63,6 +65,39 @@ def canonical_form(expr: sympy.Expr, max_ops: int = MAX_OPS) -> sympy.Expr:
             continue
     tried = [_fold_constants(e) for e in tried if _writable(e)] or [expr]
     return min(tried, key=lambda e: (sympy.count_ops(e), len(str(e))))
+
+
+def canonical_on_data(expr: sympy.Expr, features: list[str], x: np.ndarray, max_ops: int = 60) -> sympy.Expr:
+    """``expr`` with :func:`resolve_signs` on ``x`` ``(batch, n)``, then in canonical form, if that computes
+    the same values on ``x`` (to 1e-9 relative); else ``expr`` unchanged."""
+    form = canonical_form(resolve_signs(expr, features, x), max_ops=max_ops)
+    if form == expr:
+        return expr
+    try:
+        before, after = evaluate(expr, features, x), evaluate(form, features, x)
+    except FormulaError:
+        return expr
+    same = np.all(np.isfinite(after)) and np.allclose(after, before, rtol=1e-9, atol=1e-9 * np.abs(before).max())
+    return form if same else expr
+
+
+def resolve_signs(expr: sympy.Expr, features: list[str], x: np.ndarray) -> sympy.Expr:
+    """Each ``Abs(a)`` whose argument keeps one sign on every row of ``x`` ``(batch, n)`` as ``a`` or ``-a``:
+    ``sqrt(m**2)`` of a real ``m`` is ``Abs(m)``, which is just ``m`` for a mass."""
+
+    def unsigned(node: sympy.Abs) -> sympy.Expr:
+        try:
+            with np.errstate(all="ignore"):
+                values = evaluate(node.args[0], features, x)
+        except FormulaError:
+            return node
+        if np.all(values > 0):
+            return node.args[0]
+        if np.all(values < 0):
+            return -node.args[0]
+        return node
+
+    return expr.replace(lambda e: isinstance(e, sympy.Abs), unsigned)
 
 
 def _fold_constants(expr: sympy.Expr) -> sympy.Expr:

@@ -22,9 +22,8 @@ import numpy as np
 import sympy
 import torch
 
-from distill.canonical import canonical_form
+from distill.canonical import canonical_on_data
 from distill.extract import Extraction, extract_formula
-from distill.formula import FormulaError, evaluate
 from distill.schedule import ScheduleConfig, sparse_fit
 from students import KAN
 
@@ -150,22 +149,8 @@ def discover_formula(
     if best is None:
         raise FloatingPointError(f"discover_formula: no candidate is finite on every row with held-out R^2 >= "
                                  f"{config.min_r2} ({scores})")  # fmt: skip
-    best.extraction.expressions[0] = _canonical(best.expression, features, x_val.double().numpy())
+    best.extraction.expressions[0] = canonical_on_data(best.expression, features, x_val.double().numpy())
     return best
-
-
-def _canonical(expr: sympy.Expr, features: list[str], x: np.ndarray, max_ops: int = 60) -> sympy.Expr:
-    """``expr`` in canonical form (`distill.canonical.canonical_form`) if it computes the same values on
-    ``x`` ``(batch, n)`` (to 1e-9 relative); unchanged otherwise."""
-    form = canonical_form(expr, max_ops=max_ops)
-    if form == expr:
-        return expr
-    try:
-        before, after = evaluate(expr, features, x), evaluate(form, features, x)
-    except FormulaError:
-        return expr
-    same = np.all(np.isfinite(after)) and np.allclose(after, before, rtol=1e-9, atol=1e-9 * np.abs(before).max())
-    return form if same else expr
 
 
 def _better(a: Discovery, b: Discovery, margin: float = 0.0, tie: float = 1e-9) -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 import sympy
 import torch
 
-from distill.canonical import canonical_form
+from distill.canonical import canonical_on_data
 from distill.discover import DiscoverConfig, Discovery, discover_formula
 from distill.extract import Extraction, snap_constants
 from distill.formula import evaluate
@@ -420,7 +420,7 @@ def solve(teacher: BoxTeacher, features: list[str], config: SolveConfig | None =
         raise FloatingPointError(f"solve: no formula for {features}")
     if not solver.accepts(expr, teacher, features):  # a leaf's best effort: refit on the whole once more
         expr = solver.refit(expr, teacher, features)
-    expr = canonical_form(expr, max_ops=60)
+    expr = canonical_on_data(expr, features, teacher.sample(config.test_points, config.seed).double().numpy())
     return Solution(expr, solver.rmse(expr, teacher, features)[1], solver.steps)
 
 
@@ -476,7 +476,7 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
         floor = snap_floor(config.solve.factor * teacher.error, y.reshape(-1))
         expr = snap_constants(solution.expression, features, xs[n_val:], ys[n_val:], floor=floor,
                               deadline=solve_deadline)  # fmt: skip
-        expr = canonical_form(expr, max_ops=60)
+        expr = canonical_on_data(expr, features, xs)
         r2 = _r2(evaluate(expr, features, xs[:n_val]), ys[:n_val])
         if np.all(np.isfinite(evaluate(expr, features, xs))) and r2 >= plain_config.min_r2:
             found = Discovery(Extraction(list(features), [expr]), "teacher recursion", r2, {"teacher recursion": r2})

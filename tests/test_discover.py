@@ -70,6 +70,20 @@ def test_canonical_form_writes_exponential_ratios_as_tanh():
     assert canonical_form(sympy.exp(x) / 2 + sympy.exp(-x) / 2).atoms(sympy.Function) <= {sympy.exp(x), sympy.exp(-x)}
 
 
+def test_canonical_on_data_drops_an_abs_whose_argument_keeps_its_sign_on_the_rows():
+    """Feynman I.34.1 came out as ``c*Abs(omega_0)/(c - v)`` (a square root of a square): on positive
+    frequencies that is ``omega_0 c / (c - v)``, which the recovery check then accepts."""
+    from distill.canonical import canonical_on_data
+
+    c, w, v = sympy.symbols("c omega_0 v", real=True)
+    x = np.random.default_rng(0).uniform([3, 1, 1], [10, 5, 2], size=(200, 3))
+    found = canonical_on_data(c * sympy.Abs(w) / (c - v), ["c", "omega_0", "v"], x)
+    assert not found.has(sympy.Abs)
+    assert equivalent_up_to_constant(found, w / (1 - v / c))
+    negative = canonical_on_data(sympy.Abs(w - 3), ["c", "omega_0", "v"], x)  # w - 3 changes sign: kept
+    assert negative.has(sympy.Abs)
+
+
 def test_canonical_form_folds_a_float_times_a_constant_function_into_one_number():
     """Simplifying a formula fitted in log space gave ``0.04321*Nn*mu*exp(pi)`` for ``1.0*Nn*mu``."""
     from distill.canonical import canonical_form
