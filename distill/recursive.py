@@ -184,7 +184,12 @@ def _preferred(expr: sympy.Expr, rmse: float, best: sympy.Expr | None, best_rmse
 
 
 def _complexity(expr: sympy.Expr) -> tuple[int, int]:
-    return len(expr.atoms(sympy.Float)), int(sympy.count_ops(expr))
+    """Free constants, then operations. A free constant is a float, or a rational whose numerator or
+    denominator exceeds 12: snapping a noisy quadratic's coefficients can give ``sqrt(1518*chi**2 + 3024*chi
+    + 1530)``, no simpler than ``4.21*(chi + 1)``."""
+    numbers = expr.atoms(sympy.Float, sympy.Rational)
+    free = [a for a in numbers if isinstance(a, sympy.Float) or max(abs(a.p), abs(a.q)) > 12]
+    return len(free), int(sympy.count_ops(expr))
 
 
 class _Solver:
