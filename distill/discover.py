@@ -1,7 +1,8 @@
 """Find a formula for data (or a teacher's outputs) end to end: fit a sparse KAN, then extract.
 
 Candidates go from simple to rich: first a student without hidden layer (``[n, 1]``, an
-additive model: one 1-D function per feature), then one with a hidden layer (``[n, hidden, 1]``).
+additive model: one 1-D function per feature), then one with a hidden layer (``[n, hidden, 1]``),
+then one with two (``[n, hidden, hidden, 1]``).
 When the target is positive everywhere, each is also tried on its logarithm: a product of
 powers and exponentials becomes a sum (the AI Feynman trick), so monomials such as
 ``G m1 m2 / r^2`` need no hidden layer at all. Each formula is judged on held-out points against
@@ -34,7 +35,8 @@ logger = logging.getLogger(__name__)
 class DiscoverConfig:
     """Student shape, schedule, and which target transforms to try.
 
-    ``hidden``: the hidden width of the second candidate (None: additive candidates only).
+    ``hidden``: the hidden width of the second candidate (None: additive candidates only); ``deep``: a
+    third with two hidden layers of that width (compositions such as ``sin(x y)^2``), tried last.
     ``simplicity_margin``: a richer candidate must beat a simpler one's held-out R^2 by more than
     this to be chosen (0: the best R^2 wins; audits use 0.01 to keep a readable additive formula
     when a deeper one is barely better). ``complexity_weight``: how much each unit of a library
@@ -47,6 +49,7 @@ class DiscoverConfig:
     """
 
     hidden: int | None = 5
+    deep: bool = True
     grid: int = 5
     seed: int = 0
     log_target: bool = True
@@ -95,7 +98,8 @@ def discover_formula(
     n_val = max(1, int(config.validation_fraction * x.shape[0]))
     x_fit, x_val, y_fit, y_val = x[n_val:], x[:n_val], y[n_val:], y[:n_val]
     transforms = ["identity"] + (["log"] if config.log_target and bool((y > 0).all()) else [])
-    widths = [[x.shape[1], 1]] + ([[x.shape[1], config.hidden, 1]] if config.hidden else [])
+    n, h = x.shape[1], config.hidden
+    widths = [[n, 1]] + ([[n, h, 1]] if h else []) + ([[n, h, h, 1]] if h and config.deep else [])
     candidates = [(w, t) for w in widths for t in transforms]
     deadline = None if config.seconds is None else time.monotonic() + config.seconds
 

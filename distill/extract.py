@@ -318,6 +318,22 @@ def _closeness(atom: sympy.Float) -> float:
     return min(distances, default=abs(value)) / max(abs(value), 1e-12)
 
 
+def monic_denominator(expr: sympy.Expr, max_ops: int = 40) -> sympy.Expr:
+    """``expr`` as a fraction whose denominator's first term has coefficient 1, when the denominator holds
+    floats: ``0.0776*V*p/(0.0776*gamma - 0.0776)`` becomes ``1.0*V*p/(gamma - 1.0)``, whose constants
+    can then snap one at a time (a float is only ever snapped to a simple value near it). Formulas over
+    ``max_ops`` operations, or whose denominator is 1 or exact, come back unchanged."""
+    if sympy.count_ops(expr) > max_ops:
+        return expr
+    num, den = sympy.fraction(sympy.together(expr))
+    if not den.has(sympy.Float):
+        return expr
+    lead = next((t.as_coeff_Mul()[0] for t in sympy.Add.make_args(sympy.expand(den)) if t.free_symbols), None)
+    if not isinstance(lead, sympy.Float) or lead == 0:
+        return expr
+    return sympy.expand(num / lead) / sympy.expand(den / lead)
+
+
 def snap_constants(
     expr: sympy.Expr,
     features: list[str],
@@ -332,9 +348,9 @@ def snap_constants(
 ) -> sympy.Expr:
     """Replace floats by simple numbers while the formula still fits ``reference``.
 
-    The constants are first refitted to ``reference``; then each float, the one nearest to a
-    simple value first, is tried against simple candidates (0, integers, small fractions, small
-    multiples of pi), with the remaining floats refitted after each try. A replacement is kept
+    The constants are first refitted to ``reference`` (after :func:`monic_denominator`); then each
+    float, the one nearest to a simple value first, is tried against simple candidates (0, integers,
+    small fractions, small multiples of pi), with the remaining floats refitted after each try. A replacement is kept
     only if ``1 - R^2`` stays below ``max(growth * base, floor)``, ``base`` being the refitted
     formula's: relative, so that an offset that barely moves R^2 is not rounded into a wrong
     value. A formula whose R^2 is below ``min_r2``, or with more than ``max_constants`` floats,
@@ -345,7 +361,7 @@ def snap_constants(
     ``x``: ``(batch, n_features)``; ``reference``: ``(batch,)``.
     """
     scorer = _Scorer(features, x, reference)
-    expr = scorer.refit(expr)
+    expr = scorer.refit(monic_denominator(expr))
     base = scorer.loss(expr).item()
     if 1 - base < min_r2 or len(expr.atoms(sympy.Float)) > max_constants:
         return expr

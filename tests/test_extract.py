@@ -170,3 +170,17 @@ def test_greedy_pruning_stops_at_its_deadline_and_keeps_the_network(caplog):
     pruned = prune_greedily(model, x, x[:, :1] + x[:, 1:], ScheduleConfig(), deadline=0.0)
     assert pruned is model and pruned.width == [2, 4, 1]
     assert "out of time" in caplog.text
+
+
+def test_a_fraction_with_a_common_float_factor_is_made_monic_and_snaps():
+    """Feynman I.39.11 via its MLP teacher came out as 0.0776 V p / (0.0776 gamma - 0.0776): no single
+    float is near a simple value, but divided through by the denominator's lead each one is."""
+    from distill.extract import monic_denominator, snap_constants
+
+    v, p, g = sympy.symbols("V pr gamma", real=True)
+    found = sympy.Float(0.07761797) * v * p / (sympy.Float(0.07761599) * g - sympy.Float(0.07761022))
+    lead = sympy.fraction(monic_denominator(found))[1].coeff(g)
+    assert float(lead) == 1.0
+    x = np.random.default_rng(0).uniform([1, 1, 2], [5, 5, 5], size=(300, 3))
+    reference = x[:, 0] * x[:, 1] / (x[:, 2] - 1) * (1 + 1e-5 * np.random.default_rng(1).standard_normal(300))
+    assert snap_constants(found, ["V", "pr", "gamma"], x, reference) == v * p / (g - 1)
