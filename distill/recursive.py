@@ -462,7 +462,8 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
                           config: TeacherDiscoverConfig | None = None) -> Discovery:  # fmt: skip
     """A formula for ``y`` ``(batch,)`` of ``x`` ``(batch, n)``: :func:`solve` on ``teacher`` (default: an
     MLP fitted to the data, :func:`fit_teacher`), its constants refitted to the data; unless that is exact
-    (``plain.exact_r2``) with at most one unsnapped constant, also `discover_formula`. The better on the
+    (``plain.exact_r2``; for a given teacher, whose outputs ``y`` are, as close as its error allows) with at
+    most one unsnapped constant, also `discover_formula`. The better on the
     held-out rows (the plain search's validation rows, the first ``plain.validation_fraction``) wins:
     higher R^2, or on a tie (1e-9) fewer unsnapped constants and operations. As with `discover_formula`, a
     formula that is not finite on every row or scores below ``plain.min_r2`` is never returned (none is:
@@ -474,8 +475,10 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
     solve_deadline = None if config.seconds is None else start + (1 - config.plain_share) * config.seconds
     n_val = max(1, int(plain_config.validation_fraction * x.shape[0]))
     xs, ys = x.double().numpy(), y.reshape(-1).double().numpy()
-    found = None
+    found, exact = None, plain_config.exact_r2
     try:
+        if teacher is not None:  # y is the teacher's outputs: no formula matches them closer than its error
+            exact = min(exact, 1 - snap_floor(config.solve.factor * teacher.error, y.reshape(-1)))
         teacher = teacher or fit_teacher(x, y, features, steps=config.teacher_steps, seed=plain_config.seed)
         solution = solve(teacher, features, config.solve, solve_deadline)
         floor = snap_floor(config.solve.factor * teacher.error, y.reshape(-1))
@@ -487,7 +490,7 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
             found = Discovery(Extraction(list(features), [expr]), "teacher recursion", r2, {"teacher recursion": r2})
     except FloatingPointError as err:
         logger.info("discover_with_teacher: the recursion found nothing (%s)", err)
-    if found is not None and found.r2_validation >= plain_config.exact_r2 and _complexity(found.expression)[0] <= 1:
+    if found is not None and found.r2_validation >= exact and _complexity(found.expression)[0] <= 1:
         return found  # exact with at most one free constant: the plain search cannot do better
     if deadline is not None:
         plain_config.seconds = max(deadline - time.monotonic(), 0.0)
