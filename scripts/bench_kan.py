@@ -8,6 +8,9 @@ What it measures, side by side in one run (float32, ``torch.set_num_threads(2)``
   ``KANLayer``, and the GEMM floor ``nn.Linear(64 * (G + k + 1), 64)``: the matmul that a
   basis-expanded KAN layer reduces to. Every input requires grad, so each backward computes the
   input gradient as well as the parameter gradients;
+* forward+backward of the spline basis alone on a moved (quantile) grid, where the closed form does
+  not apply, at the layer's size: ``students.splines.knot_basis`` (Cox-de Boor with the analytic
+  derivative as its backward) against autograd through the plain recursion (``cox_de_boor_basis``);
 * one Adam step (zero_grad, forward, MSE loss, backward, step) at batch 1024 of a [8, 16, 16, 1]
   KAN (eager and compiled) against an MLP of the same widths (``nn.Linear`` + SiLU), and of an
   ensemble of 16 such KANs (input ``(16, 1024, 8)``) against one.
@@ -50,6 +53,7 @@ if importlib.util.find_spec("students") is None:  # running from a checkout with
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from students import KAN, KANLayer
+from students.splines import cox_de_boor_basis, knot_basis, quantile_grid
 
 THREADS = 2
 DIM, GRID, ORDER, LAYER_BATCH = 64, 5, 3, 4096
@@ -58,6 +62,7 @@ SAMPLE_MS = 20.0  # each timing sample averages enough calls to last about this 
 TARGETS = {  # ratio key: (comparison, bound, what the ratio is)
     "layer_vs_floor": ("<=", 2.0, "layer / GEMM floor"),
     "pykan_vs_layer": (">=", 25.0, "pykan / layer"),
+    "recursion_vs_knot_basis": (">=", 1.5, "autograd Cox-de Boor / knot_basis"),
     "small_vs_mlp": ("<=", 3.0, "KAN step / MLP step"),
     "ensemble16_vs_one": ("<=", 4.0, "ensemble-16 step / one student's step"),
 }
@@ -180,6 +185,11 @@ def bench_layer(device: torch.device, repeats: int) -> tuple[Samples, float | No
     compile_s = try_compiled("the compiled layer", compiled_fwd_bwd, device)
     if compile_s is not None:
         variants["layer_compiled"] = compiled_fwd_bwd
+    moved = quantile_grid(x.detach(), GRID, ORDER, uniform_fraction=0.02).unsqueeze(1)
+    grad_basis = torch.randn(1, LAYER_BATCH, DIM, GRID + ORDER, device=device)
+    no_parameters = nn.Module()
+    variants["knot_basis"] = fwd_bwd(lambda t: knot_basis(t, moved, ORDER), no_parameters, x, grad_basis)
+    variants["recursion"] = fwd_bwd(lambda t: cox_de_boor_basis(t, moved, ORDER), no_parameters, x, grad_basis)
     pykan_layer = load_pykan_layer()
     if pykan_layer is not None:
         theirs = pykan_layer(in_dim=DIM, out_dim=DIM, num=GRID, k=ORDER, device=str(device))
@@ -266,6 +276,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "ensemble16_compiled_first_call_s": first_call["ensemble16"],
         "layer_vs_floor": paired_ratio(samples, LAYER, ("gemm_floor",)),
         "pykan_vs_layer": paired_ratio(samples, ("pykan",), LAYER),
+        "knot_basis_fwd_bwd_ms": median_ms(samples, "knot_basis"),
+        "recursion_fwd_bwd_ms": median_ms(samples, "recursion"),
+        "recursion_vs_knot_basis": paired_ratio(samples, ("recursion",), ("knot_basis",)),
         "small_vs_mlp": paired_ratio(samples, SMALL, ("mlp",)),
         "ensemble16_vs_one": paired_ratio(samples, ENSEMBLE16, SMALL),
     }
@@ -277,6 +290,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         ("  KANLayer eager", "layer_eager", ("gemm_floor",)),
         ("  KANLayer compiled_basis", "layer_compiled", ("gemm_floor",)),
         ("  pykan 0.2.8 KANLayer", "pykan", ("gemm_floor",)),
+        (f"spline basis on a moved grid, {DIM} inputs, batch {LAYER_BATCH}: forward+backward", None, ()),
+        ("  knot_basis (analytic backward)", "knot_basis", ("knot_basis",)),
+        ("  cox_de_boor_basis through autograd", "recursion", ("knot_basis",)),
         (f"Adam step, width {WIDTH}, batch {STEP_BATCH}", None, ()),
         ("  MLP (nn.Linear + SiLU)", "mlp", ("mlp",)),
         ("  KAN eager", "small_eager", ("mlp",)),
@@ -284,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         (f"  KAN ensemble of {ENSEMBLE}, eager", "ensemble16_eager", SMALL),
         (f"  KAN ensemble of {ENSEMBLE}, compiled_basis", "ensemble16_compiled", SMALL),
     ]
-    reference = {("gemm_floor",): "floor", ("mlp",): "MLP", SMALL: "one student (best)"}
+    reference = {("gemm_floor",): "floor", ("knot_basis",): "knot_basis", ("mlp",): "MLP", SMALL: "one student (best)"}
     print(f"\n{device}, torch {torch.__version__}, {THREADS} threads, {args.repeats} interleaved rounds")
     print("ratio: median over rounds of the per-round ratio (see the module docstring)\n")
     print(f"{'variant':<52} {'median ms':>10} {'min ms':>10}  ratio")
