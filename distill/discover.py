@@ -2,7 +2,7 @@
 
 Candidates go from simple to rich: first a student without hidden layer (``[n, 1]``, an
 additive model: one 1-D function per feature), then one with a hidden layer (``[n, hidden, 1]``),
-then one with two (``[n, hidden, hidden, 1]``).
+and with ``deep`` one with two (``[n, hidden, hidden, 1]``).
 When the target is positive everywhere, each is also tried on its logarithm: a product of
 powers and exponentials becomes a sum (the AI Feynman trick), so monomials such as
 ``G m1 m2 / r^2`` need no hidden layer at all. Each formula is judged on held-out points against

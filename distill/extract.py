@@ -350,8 +350,8 @@ def snap_constants(
 
     The constants are first refitted to ``reference`` (after :func:`monic_denominator`); then each
     float, the one nearest to a simple value first, is tried against simple candidates (0, integers,
-    small fractions, small multiples of pi), with the remaining floats refitted after each try. A replacement is kept
-    only if ``1 - R^2`` stays below ``max(growth * base, floor)``, ``base`` being the refitted
+    small fractions, small multiples of pi), with the remaining floats refitted after each try. A
+    replacement is kept only if ``1 - R^2`` stays below ``max(growth * base, floor)``, ``base`` being the refitted
     formula's: relative, so that an offset that barely moves R^2 is not rounded into a wrong
     value. A formula whose R^2 is below ``min_r2``, or with more than ``max_constants`` floats,
     is refitted but not snapped: rounding cannot make a wrong formula right, and the search
