@@ -494,6 +494,8 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
         return found  # exact with at most one free constant: the plain search cannot do better
     if deadline is not None:
         plain_config.seconds = max(deadline - time.monotonic(), 0.0)
+        if found is not None and plain_config.seconds < config.solve.min_leaf_seconds * len(features):
+            return found  # the plain search's first student runs to its end: not started without time for it
     try:
         plain = discover_formula(x, y, features, plain_config)
     except FloatingPointError:
