@@ -465,7 +465,7 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
     (``plain.exact_r2``; for a given teacher, whose outputs ``y`` are, as close as its error allows) with at
     most one unsnapped constant, also `discover_formula`. The better on the
     held-out rows (the plain search's validation rows, the first ``plain.validation_fraction``) wins:
-    higher R^2, or on a tie (1e-9) fewer unsnapped constants and operations. As with `discover_formula`, a
+    higher R^2, or on a tie (1e-9, or both exact) fewer free constants and operations. As with `discover_formula`, a
     formula that is not finite on every row or scores below ``plain.min_r2`` is never returned (none is:
     `FloatingPointError`)."""
     config = config or TeacherDiscoverConfig()
@@ -506,6 +506,7 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
         return plain
     plain.candidates["teacher recursion"] = found.r2_validation
     found.candidates = plain.candidates
-    if abs(found.r2_validation - plain.r2_validation) > 1e-9:
+    both_exact = min(found.r2_validation, plain.r2_validation) >= exact
+    if abs(found.r2_validation - plain.r2_validation) > 1e-9 and not both_exact:
         return found if found.r2_validation > plain.r2_validation else plain
     return found if _complexity(found.expression) < _complexity(plain.expression) else plain
