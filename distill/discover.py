@@ -46,7 +46,8 @@ class DiscoverConfig:
     (5 suits exact laws in clean data; an audit of a noisy teacher wants about 1.2).
     ``min_r2``: a formula is returned only if it is finite on every fit and held-out row and reaches
     this held-out R^2 (none does: `FloatingPointError`). ``seconds``: no candidate starts after it is
-    spent (a warning says so: the result then depends on the machine's speed).
+    spent, nor, once one formula is kept, when less is left than the previous candidate took (a warning
+    says so: the result then depends on the machine's speed).
     """
 
     hidden: int | None = 5
@@ -106,10 +107,12 @@ def discover_formula(
 
     best: Discovery | None = None
     scores: dict[str, float] = {}
+    last_seconds = 0.0  # a candidate takes at least as long as the simpler one before it
     for width, transform in candidates:
         if best is not None and best.r2_validation >= min(config.exact_r2, 1 - config.simplicity_margin):
             break  # no richer candidate can beat it by the margin
-        if deadline and time.monotonic() > deadline:
+        started = time.monotonic()
+        if deadline and started + (last_seconds if best is not None else 0.0) > deadline:
             logger.warning(
                 "discover_formula: the %s s budget ran out before the %s candidate; the result depends "
                 "on this machine's speed (raise the budget)",
@@ -136,6 +139,7 @@ def discover_formula(
         except (FloatingPointError, ValueError) as err:
             logger.warning("%s target: no formula (%s)", transform, err)
             continue
+        last_seconds = time.monotonic() - started
         if transform == "log":
             extraction.expressions = [sympy.exp(e) for e in extraction.expressions]
         with np.errstate(all="ignore"):
