@@ -57,7 +57,7 @@ def canonical_form(expr: sympy.Expr, max_ops: int = MAX_OPS) -> sympy.Expr:
     rewritten = expr.replace(lambda e: isinstance(e, sympy.Mul | sympy.Pow), _ratio_to_tanh)
     tried.append(rewritten)
     for e in (expr, rewritten):
-        if not _cheap_to_simplify(e):
+        if not cheap_to_simplify(e):
             continue
         try:
             tried.append(sympy.simplify(e))
@@ -117,7 +117,7 @@ def _fold_constants(expr: sympy.Expr) -> sympy.Expr:
     return expr.replace(lambda e: isinstance(e, sympy.Mul), fold)
 
 
-def _cheap_to_simplify(expr: sympy.Expr, max_ops: int = 30) -> bool:
+def cheap_to_simplify(expr: sympy.Expr, max_ops: int = 30) -> bool:
     """Small, and no trigonometric functions: ``sympy.simplify`` of ``tan(... atan(...) ...)`` of 22
     operations was measured at over 4 minutes."""
     simple = {sympy.exp, sympy.log, sympy.tanh, sympy.Abs, sympy.sign}

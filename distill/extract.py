@@ -26,6 +26,7 @@ import numpy as np
 import sympy
 import torch
 
+from distill.canonical import cheap_to_simplify
 from distill.fit import FitConfig, fit_kan
 from distill.formula import (
     FormulaError,
@@ -357,7 +358,8 @@ def snap_constants(
     is refitted but not snapped: rounding cannot make a wrong formula right, and the search
     grows with the square of the number of constants; at most ``max_tries`` constants are tried (none after
     ``deadline``, a `time.monotonic` value),
-    and only a small result is passed to ``sympy.simplify``, whose cost grows fast with size.
+    and only a small result free of trigonometric functions is passed to ``sympy.simplify``
+    (`distill.canonical.cheap_to_simplify`), whose cost grows fast with size.
     ``x``: ``(batch, n_features)``; ``reference``: ``(batch,)``.
     """
     scorer = _Scorer(features, x, reference)
@@ -380,7 +382,7 @@ def snap_constants(
                 break
         else:
             break
-    return sympy.simplify(expr) if sympy.count_ops(expr) <= 40 else expr
+    return sympy.simplify(expr) if cheap_to_simplify(expr, max_ops=40) else expr
 
 
 def extract_formula(
