@@ -11,6 +11,12 @@ refitted and snapped against the teacher (`distill.extract.snap_constants`), and
 it matches the teacher on fresh points to within the teacher's own error; otherwise the next option
 is tried, the leaf last.
 
+Where the problem comes with data rows (``rows``: inputs and outputs), a sub-problem reached by
+dropping inputs or merging a pair keeps them, transformed (AI Feynman does the same): its leaf is fitted
+to, and its formulas are checked against, those rows rather than the teacher, whose error grows
+along the curves a merged pair is sampled on. A split's parts have no rows: they are the teacher's
+function with the other inputs held fixed.
+
 :func:`discover_with_teacher` is the entry point for data: the plain search first, and when that is
 not exact, the recursion through an MLP teacher fitted to the data (or the one given).
 """
@@ -47,16 +53,27 @@ from teachers.schema import FeatureSchema, NumericFeature
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Data a (sub-)problem comes with: inputs ``x`` ``(batch, n)``, outputs ``y`` ``(batch,)``, and ``error``,
+    the RMSE a right formula has against ``y`` (0 for exact data; a teacher's error for its outputs)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    error: float = 0.0
+
+
 @dataclass
 class SolveConfig:
     """How hard to look. ``points``: samples per (sub-)problem for its student; ``test_points``: per
     teacher test; ``factor``: a test passes at an RMS z-score up to this; a formula is accepted when its
     RMSE against the teacher is at most ``factor * error`` (floored at ``floor`` times the teacher's
     spread, for exact teachers); ``max_tries``: how many symmetries, and splits of each kind, that hold
-    are followed per (sub-)problem before its leaf; ``min_leaf_seconds``: a leaf's student search starts
-    only with this many seconds per input left before the deadline; ``gradient_cut``: symmetry pairs
-    whose gradient residual is above it are not tested; ``leaf``: the student search for leaves (its
-    ``seconds`` is set from the deadline)."""
+    are followed per (sub-)problem before its leaf; ``growth``: with rows, a leaf's simplest formula wins
+    only within this factor of the closest one's RMSE; ``min_leaf_seconds``: a leaf's student search
+    starts only with this many seconds per input left before the deadline; ``gradient_cut``: symmetry
+    pairs whose gradient residual is above it are not tested; ``leaf``: the student search for leaves
+    (its ``seconds`` is set from the deadline)."""
 
     points: int = 600
     test_points: int = 256
@@ -64,6 +81,7 @@ class SolveConfig:
     floor: float = 1e-5
     max_depth: int = 12
     max_tries: int = 2
+    growth: float = 5.0
     min_leaf_seconds: float = 2.0
     gradient_cut: float = 0.3
     seed: int = 0
@@ -173,14 +191,13 @@ def polynomial(x: torch.Tensor, y: torch.Tensor, names: list[str], degree: int =
     return snap_constants(expr, names, xs, ys, deadline=deadline) if snap else expr
 
 
-def _preferred(expr: sympy.Expr, rmse: float, best: sympy.Expr | None, best_rmse: float, tolerance: float) -> bool:
-    """Is ``expr`` better than ``best``: within tolerance and simpler (fewer unsnapped floats, then fewer
-    operations), or closer when it is not clear that both are within it?"""
-    if best is None:
-        return bool(np.isfinite(rmse))
-    if rmse <= tolerance and best_rmse <= tolerance:
-        return _complexity(expr) < _complexity(best)
-    return rmse < best_rmse
+def _simplest_within(found: list[tuple[sympy.Expr, float]], band: float) -> sympy.Expr | None:
+    """Of ``(formula, RMSE)`` pairs, the simplest (`_complexity`) with RMSE at most ``band``; else the closest."""
+    finite = [(e, r) for e, r in found if np.isfinite(r)]
+    within = [e for e, r in finite if r <= band]
+    if within:
+        return min(within, key=_complexity)
+    return min(finite, key=lambda pair: pair[1])[0] if finite else None
 
 
 def _complexity(expr: sympy.Expr) -> tuple[int, int]:
@@ -211,16 +228,19 @@ class _Solver:
         self.reserved.add(f"u{k}")
         return f"u{k}"
 
-    def data(self, teacher: BoxTeacher, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def data(self, teacher: BoxTeacher, seed: int, rows: Rows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The problem's rows if it has them, else ``points`` fresh samples of the teacher."""
+        if rows is not None:
+            return rows.x, rows.y
         x = teacher.sample(self.config.points, self.config.seed + seed)
         return x, teacher(x)
 
-    def accepts(self, expr: sympy.Expr | None, teacher: BoxTeacher, names: list[str]) -> bool:
-        """Does ``expr`` match the teacher on fresh points to within the teacher's error?"""
+    def accepts(self, expr: sympy.Expr | None, teacher: BoxTeacher, names: list[str], rows: Rows | None = None) -> bool:
+        """Does ``expr`` match the teacher (or the rows) on fresh points to within the teacher's error?"""
         if expr is None:
             return False
-        rmse, tolerance = self.rmse(expr, teacher, names)[0], self.tolerance(teacher)
-        logger.info("%s: RMSE %.3g against the teacher, tolerance %.3g", expr, rmse, tolerance)
+        rmse, tolerance = self.rmse(expr, teacher, names, rows)[0], self.tolerance(teacher)
+        logger.info("%s: RMSE %.3g against the teacher or its rows, tolerance %.3g", expr, rmse, tolerance)
         closest = self.closest.get(id(teacher))
         if np.isfinite(rmse) and (closest is None or rmse < closest[1]):
             self.closest[id(teacher)] = (expr, rmse)
@@ -230,9 +250,10 @@ class _Solver:
         _, y = self.data(teacher, 991)
         return max(self.config.factor * teacher.error, self.config.floor * float(y.std()), 1e-12)
 
-    def rmse(self, expr: sympy.Expr, teacher: BoxTeacher, names: list[str]) -> tuple[float, float]:
-        """RMSE and R^2 of ``expr`` against the teacher on fresh points."""
-        x, y = self.data(teacher, 991)
+    def rmse(self, expr: sympy.Expr, teacher: BoxTeacher, names: list[str],
+             rows: Rows | None = None) -> tuple[float, float]:  # fmt: skip
+        """RMSE and R^2 of ``expr`` against the rows, or the teacher on fresh points."""
+        x, y = self.data(teacher, 991, rows)
         pred = evaluate(expr, names, x.double().numpy())
         ref = y.double().numpy()
         if not np.all(np.isfinite(pred)):
@@ -240,27 +261,29 @@ class _Solver:
         sse = float(np.sum((pred - ref) ** 2))
         return (sse / len(ref)) ** 0.5, 1 - sse / max(float(np.sum((ref - ref.mean()) ** 2)), 1e-300)
 
-    def refit(self, expr: sympy.Expr, teacher: BoxTeacher, names: list[str]) -> sympy.Expr:
-        """Refit the composed formula's constants against the teacher, and snap each one that the teacher's
-        own error cannot tell from a simple value (`snap_floor`)."""
-        x, y = self.data(teacher, 17)
+    def refit(self, expr: sympy.Expr, teacher: BoxTeacher, names: list[str], rows: Rows | None = None) -> sympy.Expr:
+        """Refit the composed formula's constants against the rows or the teacher, and snap each one that the
+        teacher's own error cannot tell from a simple value (`snap_floor`)."""
+        x, y = self.data(teacher, 17, rows)
         floor = snap_floor(self.tolerance(teacher), y)
         return snap_constants(expr, names, x.double().numpy(), y.double().numpy(), floor=floor, deadline=self.deadline)
 
-    def leaf(self, teacher: BoxTeacher, names: list[str]) -> sympy.Expr | None:
-        """A formula for the teacher on ``f``, ``1 / f``, ``f^2`` and ``1 / f^2`` (the last three where
-        ``f > 0``): a polynomial of degree 2 (AI Feynman's first try; cheap), or failing that a KAN
-        student's (`discover_formula`, which also tries ``log``) while time is left. The shortest of
-        those that match the teacher to its tolerance wins, else the closest. The student search counts
-        as exact, and a richer candidate must win by more than, the ``1 - R^2`` that the teacher's own
-        error accounts for."""
-        x, y = self.data(teacher, 0)
+    def leaf(self, teacher: BoxTeacher, names: list[str], rows: Rows | None = None) -> sympy.Expr | None:
+        """A formula for the teacher (or the rows) on ``f``, ``1 / f``, ``f^2`` and ``1 / f^2`` (the last
+        three where ``f > 0``): a polynomial of degree 2 (AI Feynman's first try; cheap), or failing that a
+        KAN student's (`discover_formula`, which also tries ``log``) while time is left. Of the formulas
+        within the teacher's tolerance, and with rows within ``growth`` times the closest one's RMSE, the
+        shortest wins, else the closest. The search stops early at a formula as close as the target's own
+        error (the teacher's, or the rows'): the student search counts it as exact, and a richer candidate
+        must win by more than the ``1 - R^2`` it accounts for."""
+        x, y = self.data(teacher, 0, rows)
         if float(y.std()) <= self.config.floor * max(float(y.abs().max()), 1e-30):
             return sympy.Float(float(y.mean()))
-        tolerance = self.tolerance(teacher)
-        noise = min((tolerance / float(y.std())) ** 2, 1e-2)
+        tolerance, factor = self.tolerance(teacher), self.config.factor
+        close = tolerance / factor if rows is None else max(rows.error, self.config.floor * float(y.std()))
+        noise = min((factor * close / float(y.std())) ** 2, 1e-2)
         outers = [o for o in _LEAF_OUTERS if o[0] == "f" or (bool((y > 0).all()) and float(y.max() / y.min()) < 100)]
-        best, best_rmse = None, float("inf")
+        found: list[tuple[sympy.Expr, float]] = []
         if self.out_of_time():
             outers = outers[:1]  # the plain polynomial only: the caller falls back on its closest formula
         for name, forward, inverse in outers:
@@ -268,50 +291,47 @@ class _Solver:
             if poly is None:
                 continue
             expr = inverse(poly)
-            rmse = self.rmse(expr, teacher, names)[0]
-            logger.info("leaf %s, polynomial in %s: %s (RMSE %.3g)", names, name, expr, rmse)
-            if _preferred(expr, rmse, best, best_rmse, tolerance):
-                best, best_rmse = expr, rmse
-        if best_rmse <= tolerance / self.config.factor:
-            return best  # as close as the teacher's own error; else a student may find a simpler law
+            found.append((expr, self.rmse(expr, teacher, names, rows)[0]))
+            logger.info("leaf %s, polynomial in %s: %s (RMSE %.3g)", names, name, expr, found[-1][1])
         leaf = self.config.leaf
         for name, forward, inverse in outers:
+            if min((r for _, r in found), default=np.inf) <= close:
+                break  # as close as the target's own error: no other transform can do better
             seconds = None if self.deadline is None else self.deadline - time.monotonic()
             if seconds is not None and seconds < self.config.min_leaf_seconds * len(names):
                 break  # a student's first candidate runs to its end: not started without time for it
             config = DiscoverConfig(**{**leaf.__dict__, "seconds": seconds, "exact_r2": min(leaf.exact_r2, 1 - noise),
                                        "simplicity_margin": max(leaf.simplicity_margin, noise)})  # fmt: skip
             try:
-                found = discover_formula(x, forward(y), names, config)
+                discovery = discover_formula(x, forward(y), names, config)
             except FloatingPointError as err:
                 logger.info("leaf %s on %s: no formula (%s)", names, name, err)
                 continue
-            expr = inverse(found.expression)
-            rmse = self.rmse(expr, teacher, names)[0]
-            logger.info("leaf %s on %s: %s (RMSE %.3g)", names, name, expr, rmse)
-            if _preferred(expr, rmse, best, best_rmse, tolerance):
-                best, best_rmse = expr, rmse
-            if best_rmse <= tolerance / self.config.factor:
-                break  # as close as the teacher's own error: no other transform can do better
-        return best
+            expr = inverse(discovery.expression)
+            found.append((expr, self.rmse(expr, teacher, names, rows)[0]))
+            logger.info("leaf %s on %s: %s (RMSE %.3g)", names, name, expr, found[-1][1])
+        band = tolerance if rows is None else min(tolerance, max(self.config.growth * min(r for _, r in found),
+                                                                 factor * close))  # fmt: skip
+        return _simplest_within(found, band)
 
-    def solve(self, teacher: BoxTeacher, names: list[str], depth: int) -> sympy.Expr | None:
+    def solve(self, teacher: BoxTeacher, names: list[str], depth: int, rows: Rows | None = None) -> sympy.Expr | None:
         """A formula for ``teacher`` in ``names``: a split's if one is accepted, else the leaf's if it
         is, else the closest one tried (None if none)."""
         cfg = self.config
         test = {"points": cfg.test_points, "seed": cfg.seed, "factor": cfg.factor}
         if depth < cfg.max_depth and not self.out_of_time():
             for attempt in (self.drop_inputs, self.merge_pairs, self.split):
-                expr = attempt(teacher, names, depth, test)
+                expr = attempt(teacher, names, depth, test, rows)
                 if expr is not None:
                     return expr
-        expr = self.leaf(teacher, names)
-        if self.accepts(expr, teacher, names):
+        expr = self.leaf(teacher, names, rows)
+        if self.accepts(expr, teacher, names, rows):
             return expr
         closest = self.closest.get(id(teacher))
         return expr if closest is None else closest[0]
 
-    def drop_inputs(self, teacher: BoxTeacher, names: list[str], depth: int, test: dict) -> sympy.Expr | None:
+    def drop_inputs(self, teacher: BoxTeacher, names: list[str], depth: int, test: dict,
+                    rows: Rows | None = None) -> sympy.Expr | None:  # fmt: skip
         keep = [i for i in range(teacher.n) if not irrelevant(teacher, i, **test).holds]
         if len(keep) == teacher.n:
             return None
@@ -320,10 +340,12 @@ class _Solver:
             return sympy.Float(float(teacher(centre[None])[0]))
         self.note(depth, f"irrelevant: {[n for k, n in enumerate(names) if k not in keep]}")
         sub = [names[k] for k in keep]
-        expr = self.solve(restrict(teacher, keep, centre), sub, depth + 1)
-        return expr if self.accepts(expr, teacher, names) else None
+        sub_rows = None if rows is None else Rows(rows.x[:, keep], rows.y, rows.error)
+        expr = self.solve(restrict(teacher, keep, centre), sub, depth + 1, sub_rows)
+        return expr if self.accepts(expr, teacher, names, rows) else None
 
-    def merge_pairs(self, teacher: BoxTeacher, names: list[str], depth: int, test: dict) -> sympy.Expr | None:
+    def merge_pairs(self, teacher: BoxTeacher, names: list[str], depth: int, test: dict,
+                    rows: Rows | None = None) -> sympy.Expr | None:  # fmt: skip
         if teacher.n < 2:
             return None
         pairs = []
@@ -345,16 +367,22 @@ class _Solver:
             sub_teacher, others = merge_pair(teacher, i, j, kind)
             u = self.fresh_name()
             self.note(depth, f"symmetry: {u} = {_combination(kind, *_symbols([names[i], names[j]]))}")
-            expr = self.solve(sub_teacher, [u] + [names[k] for k in others], depth + 1)
+            sub_rows = None
+            if rows is not None:
+                x = rows.x.double()
+                u_rows = _combination(kind, x[:, i], x[:, j])[:, None]
+                sub_rows = Rows(torch.cat([u_rows, x[:, others]], 1).float(), rows.y, rows.error)
+            expr = self.solve(sub_teacher, [u] + [names[k] for k in others], depth + 1, sub_rows)
             if expr is None:
                 continue
             a, b = _symbols([names[i], names[j]])
             expr = expr.xreplace({sympy.Symbol(u, real=True): _combination(kind, a, b)})
-            if self.accepts(expr, teacher, names):
+            if self.accepts(expr, teacher, names, rows):
                 return expr
         return None
 
-    def split(self, teacher: BoxTeacher, names: list[str], depth: int, test: dict) -> sympy.Expr | None:
+    def split(self, teacher: BoxTeacher, names: list[str], depth: int, test: dict,
+              rows: Rows | None = None) -> sympy.Expr | None:  # fmt: skip
         """``g(x_A) h(x_B)``, or ``g(x_A) + h(x_B)`` of ``f``, of ``f^2`` or of ``1 / f`` (a simple outer function)."""
         if teacher.n < 2:
             return None
@@ -383,8 +411,8 @@ class _Solver:
                 if g is None or h is None:
                     continue
                 expr = combine(g, h, sympy.Float(float(view(centre[None])[0])))
-                expr = self.refit(expr, teacher, names)
-                if self.accepts(expr, teacher, names):
+                expr = self.refit(expr, teacher, names, rows)
+                if self.accepts(expr, teacher, names, rows):
                     return expr
         return None
 
@@ -410,21 +438,27 @@ def outer(teacher: BoxTeacher, kind: str, points: int = 256, seed: int = 0) -> B
 
 
 def solve(teacher: BoxTeacher, features: list[str], config: SolveConfig | None = None,
-          deadline: float | None = None) -> Solution:  # fmt: skip
+          deadline: float | None = None, rows: Rows | None = None) -> Solution:  # fmt: skip
     """A formula for the teacher's function of ``features``, found by recursive splitting (module docstring).
 
     ``deadline``: a `time.monotonic` value after which no split is tried and leaves get no new candidate.
-    Raises `FloatingPointError` when no formula is found at all.
+    ``rows``: data ``(x (batch, n), y (batch,))`` inside the teacher's box that the teacher stands for;
+    sub-problems that keep them are solved on them. Raises `FloatingPointError` when no formula is found at all.
     """
     config = config or SolveConfig()
     if len(features) != teacher.n:
         raise ValueError(f"solve: {len(features)} features for a teacher of {teacher.n} inputs")
+    if rows is not None:
+        rows = Rows(rows.x.float(), rows.y.reshape(-1).float(), rows.error)
+        if rows.x.shape != (rows.y.shape[0], teacher.n):
+            raise ValueError(f"solve: rows of x {tuple(rows.x.shape)} and y {tuple(rows.y.shape)} for "
+                             f"{teacher.n} inputs")  # fmt: skip
     solver = _Solver(config, deadline, set(features))
-    expr = solver.solve(teacher, list(features), 0)
+    expr = solver.solve(teacher, list(features), 0, rows)
     if expr is None:
         raise FloatingPointError(f"solve: no formula for {features}")
-    if not solver.accepts(expr, teacher, features):  # a leaf's best effort: refit on the whole once more
-        expr = solver.refit(expr, teacher, features)
+    if not solver.accepts(expr, teacher, features, rows):  # a leaf's best effort: refit on the whole once more
+        expr = solver.refit(expr, teacher, features, rows)
     expr = canonical_on_data(expr, features, teacher.sample(config.test_points, config.seed).double().numpy())
     return Solution(expr, solver.rmse(expr, teacher, features)[1], solver.steps)
 
@@ -475,12 +509,13 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
     solve_deadline = None if config.seconds is None else start + (1 - config.plain_share) * config.seconds
     n_val = max(1, int(plain_config.validation_fraction * x.shape[0]))
     xs, ys = x.double().numpy(), y.reshape(-1).double().numpy()
-    found, exact = None, plain_config.exact_r2
+    found, exact, given = None, plain_config.exact_r2, teacher
     try:
         if teacher is not None:  # y is the teacher's outputs: no formula matches them closer than its error
             exact = min(exact, 1 - snap_floor(config.solve.factor * teacher.error, y.reshape(-1)))
         teacher = teacher or fit_teacher(x, y, features, steps=config.teacher_steps, seed=plain_config.seed)
-        solution = solve(teacher, features, config.solve, solve_deadline)
+        rows = Rows(x[n_val:], y.reshape(-1)[n_val:], 0.0 if given is None else given.error)
+        solution = solve(teacher, features, config.solve, solve_deadline, rows)
         floor = snap_floor(config.solve.factor * teacher.error, y.reshape(-1))
         expr = snap_constants(solution.expression, features, xs[n_val:], ys[n_val:], floor=floor,
                               deadline=solve_deadline)  # fmt: skip
