@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 class DiscoverConfig:
     """Student shape, schedule, and which target transforms to try.
 
-    ``hidden``: the hidden width of the second candidate (None: additive candidates only); ``deep``: a
+    ``hidden``: the hidden width of the second candidate (None: additive candidates only); ``additive``:
+    whether to try the first (off when a caller has tried it already); ``deep``: a
     third with two hidden layers of that width, tried last (off by default: on the Feynman equations
     that the others miss it found none, and it costs the most time).
     ``simplicity_margin``: a richer candidate must beat a simpler one's held-out R^2 by more than
@@ -43,7 +44,9 @@ class DiscoverConfig:
     when a deeper one is barely better). ``complexity_weight``: how much each unit of a library
     function's complexity must buy in fit (a decade of 1 - R^2 per ``1 / weight``), per edge.
     ``snap_growth``: how much a constant's rounding to a simple number may multiply 1 - R^2
-    (5 suits exact laws in clean data; an audit of a noisy teacher wants about 1.2).
+    (5 suits exact laws in clean data; an audit of a noisy teacher wants about 1.2). ``target_error``: the
+    RMSE that the targets' own error amounts to (a teacher's, when they are its outputs): a rounding that
+    keeps the formula that close is always kept, since the targets cannot tell the two apart.
     ``min_r2``: a formula is returned only if it is finite on every fit and held-out row and reaches
     this held-out R^2 (none does: `FloatingPointError`). ``seconds``: no candidate starts after it is
     spent, nor, once one formula is kept, when less is left than the previous candidate took (a warning
@@ -51,6 +54,7 @@ class DiscoverConfig:
     """
 
     hidden: int | None = 5
+    additive: bool = True
     deep: bool = False
     grid: int = 5
     seed: int = 0
@@ -61,6 +65,7 @@ class DiscoverConfig:
     simplicity_margin: float = 0.0
     complexity_weight: float = 0.5
     snap_growth: float = 5.0
+    target_error: float = 0.0
     min_r2: float = 0.0
     schedule: ScheduleConfig = field(
         default_factory=lambda: ScheduleConfig(sparse_steps=20, refit_steps=20, node_refit_steps=15)
@@ -101,7 +106,11 @@ def discover_formula(
     x_fit, x_val, y_fit, y_val = x[n_val:], x[:n_val], y[n_val:], y[:n_val]
     transforms = ["identity"] + (["log"] if config.log_target and bool((y > 0).all()) else [])
     n, h = x.shape[1], config.hidden
-    widths = [[n, 1]] + ([[n, h, 1]] if h else []) + ([[n, h, h, 1]] if h and config.deep else [])
+    widths = (
+        ([[n, 1]] if config.additive else [])
+        + ([[n, h, 1]] if h else [])
+        + ([[n, h, h, 1]] if h and config.deep else [])
+    )
     candidates = [(w, t) for w in widths for t in transforms]
     deadline = None if config.seconds is None else time.monotonic() + config.seconds
 
@@ -134,6 +143,7 @@ def discover_formula(
                 refit_steps=10,
                 complexity_weight=config.complexity_weight,
                 snap_growth=config.snap_growth,
+                snap_floor=_indistinguishable(forward(y_val)[:, 0], config.target_error, y_val[:, 0], transform),
                 deadline=deadline,
             )
         except (FloatingPointError, ValueError) as err:
@@ -160,6 +170,15 @@ def discover_formula(
                                  f"{config.min_r2} ({scores})")  # fmt: skip
     best.extraction.expressions[0] = canonical_on_data(best.expression, features, x_val.double().numpy())
     return best
+
+
+def _indistinguishable(target: torch.Tensor, error: float, y: torch.Tensor, transform: str, cap: float = 1e-3) -> float:
+    """The ``1 - R^2`` on ``target`` ``(batch,)`` (``y`` after ``transform``) that an error of RMSE ``error``
+    in ``y`` amounts to, at most ``cap``; on ``log y`` the error of each row is relative to its ``y``."""
+    if error <= 0:
+        return 1e-8
+    rms = error if transform == "identity" else float((error / y.double().abs()).square().mean().sqrt())
+    return min((rms / max(float(target.double().std()), 1e-300)) ** 2, cap)
 
 
 def _better(a: Discovery, b: Discovery, margin: float = 0.0, tie: float = 1e-9) -> bool:

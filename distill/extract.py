@@ -396,6 +396,7 @@ def extract_formula(
     refit_steps: int = 20,
     fit_constants_to: str = "student",
     snap_growth: float = 5.0,
+    snap_floor: float = 1e-8,
     deadline: float | None = None,
 ) -> Extraction:
     """Extract a formula from a copy of ``model`` (member 0 of an ensemble); see the module docstring.
@@ -406,6 +407,7 @@ def extract_formula(
     or against ``teacher_test`` with ``fit_constants_to="teacher"`` (when the formula is meant to
     stand for the teacher itself, as in symbolic regression on data). No constant is snapped after
     ``deadline`` (a `time.monotonic` value): the formula is then returned with its fitted constants.
+    ``snap_growth`` and ``snap_floor`` are :func:`snap_constants`' ``growth`` and ``floor``.
     """
     if fit_constants_to not in ("student", "teacher") or (fit_constants_to == "teacher" and teacher_test is None):
         raise ValueError(f"extract_formula: fit_constants_to={fit_constants_to!r} needs 'student', or teacher_test")
@@ -421,7 +423,7 @@ def extract_formula(
     teacher = None if teacher_test is None else teacher_test.reshape(x_test.shape[0], -1).double().numpy()
     reference = teacher if fit_constants_to == "teacher" else student_test
     expressions = [
-        snap_constants(e, features, xs, reference[:, k], growth=snap_growth, deadline=deadline)
+        snap_constants(e, features, xs, reference[:, k], growth=snap_growth, floor=snap_floor, deadline=deadline)
         for k, e in enumerate(compose(student, features))
     ]
     result = Extraction(features, expressions, edges)

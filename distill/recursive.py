@@ -262,16 +262,19 @@ class _Solver:
         return (sse / len(ref)) ** 0.5, 1 - sse / max(float(np.sum((ref - ref.mean()) ** 2)), 1e-300)
 
     def refit(self, expr: sympy.Expr, teacher: BoxTeacher, names: list[str], rows: Rows | None = None) -> sympy.Expr:
-        """Refit the composed formula's constants against the rows or the teacher, and snap each one that the
-        teacher's own error cannot tell from a simple value (`snap_floor`)."""
+        """Refit the composed formula's constants against the rows or the teacher, and snap each one that their
+        own error cannot tell from a simple value (`snap_floor`)."""
         x, y = self.data(teacher, 17, rows)
-        floor = snap_floor(self.tolerance(teacher), y)
+        own = self.tolerance(teacher) if rows is None else self.config.factor * rows.error
+        floor = snap_floor(max(own, self.config.floor * float(y.std())), y)
         return snap_constants(expr, names, x.double().numpy(), y.double().numpy(), floor=floor, deadline=self.deadline)
 
     def leaf(self, teacher: BoxTeacher, names: list[str], rows: Rows | None = None) -> sympy.Expr | None:
         """A formula for the teacher (or the rows) on ``f``, ``1 / f``, ``f^2`` and ``1 / f^2`` (the last
         three where ``f > 0``): a polynomial of degree 2 (AI Feynman's first try; cheap), or failing that a
-        KAN student's (`discover_formula`, which also tries ``log``) while time is left. Of the formulas
+        KAN student's (`discover_formula`, which also tries ``log``) while time is left: additive students
+        on every transform first (cheap, and exact for sums such as ``1 / f^2 = 1 / v^2 - 1 / c^2``), then
+        ones with a hidden layer. Of the formulas
         within the teacher's tolerance, and with rows within ``growth`` times the closest one's RMSE, the
         shortest wins, else the closest. The search stops early at a formula as close as the target's own
         error (the teacher's, or the rows'): the student search counts it as exact, and a richer candidate
@@ -294,14 +297,17 @@ class _Solver:
             found.append((expr, self.rmse(expr, teacher, names, rows)[0]))
             logger.info("leaf %s, polynomial in %s: %s (RMSE %.3g)", names, name, expr, found[-1][1])
         leaf = self.config.leaf
-        for name, forward, inverse in outers:
+        passes = [{"hidden": None, "deep": False}] + ([{"additive": False}] if leaf.hidden else [])
+        for (name, forward, inverse), shape in [(o, p) for p in passes for o in outers]:
             if min((r for _, r in found), default=np.inf) <= close:
                 break  # as close as the target's own error: no other transform can do better
             seconds = None if self.deadline is None else self.deadline - time.monotonic()
             if seconds is not None and seconds < self.config.min_leaf_seconds * len(names):
                 break  # a student's first candidate runs to its end: not started without time for it
-            config = DiscoverConfig(**{**leaf.__dict__, "seconds": seconds, "exact_r2": min(leaf.exact_r2, 1 - noise),
-                                       "simplicity_margin": max(leaf.simplicity_margin, noise)})  # fmt: skip
+            config = DiscoverConfig(**{**leaf.__dict__, **shape, "seconds": seconds,
+                                       "exact_r2": min(leaf.exact_r2, 1 - noise),
+                                       "simplicity_margin": max(leaf.simplicity_margin, noise),
+                                       "target_error": factor * close})  # fmt: skip
             try:
                 discovery = discover_formula(x, forward(y), names, config)
             except FloatingPointError as err:
@@ -310,8 +316,8 @@ class _Solver:
             expr = inverse(discovery.expression)
             found.append((expr, self.rmse(expr, teacher, names, rows)[0]))
             logger.info("leaf %s on %s: %s (RMSE %.3g)", names, name, expr, found[-1][1])
-        band = tolerance if rows is None else min(tolerance, max(self.config.growth * min(r for _, r in found),
-                                                                 factor * close))  # fmt: skip
+        closest = min((r for _, r in found), default=np.inf)
+        band = tolerance if rows is None else min(tolerance, max(self.config.growth * closest, factor * close))
         return _simplest_within(found, band)
 
     def solve(self, teacher: BoxTeacher, names: list[str], depth: int, rows: Rows | None = None) -> sympy.Expr | None:
@@ -383,20 +389,22 @@ class _Solver:
 
     def split(self, teacher: BoxTeacher, names: list[str], depth: int, test: dict,
               rows: Rows | None = None) -> sympy.Expr | None:  # fmt: skip
-        """``g(x_A) h(x_B)``, or ``g(x_A) + h(x_B)`` of ``f``, of ``f^2`` or of ``1 / f`` (a simple outer function)."""
+        """``g(x_A) h(x_B)``, or ``g(x_A) + h(x_B)`` of ``f``, of ``f^2`` or of ``1 / f`` (a simple outer
+        function). ``g``, the smaller part, is solved on the teacher; with rows, ``h`` is then solved on what
+        the rows leave once ``g`` is divided out or subtracted (exact when ``g`` is)."""
         if teacher.n < 2:
             return None
         centre = (teacher.low + teacher.high) / 2
-        views = [("multiplicative", teacher, multiplicative_split, lambda g, h, f0: g * h / f0),
-                 ("additive", teacher, additive_split, lambda g, h, f0: g + h - f0)]  # fmt: skip
+        views = [("multiplicative", teacher, multiplicative_split, lambda g, h, f0: g * h / f0, "f"),
+                 ("additive", teacher, additive_split, lambda g, h, f0: g + h - f0, "f")]  # fmt: skip
         if keeps_sign(teacher, test["points"], test["seed"]):
             positive = bool((teacher(centre[None]) > 0).all())
             if positive:
                 views.append(("additive in f^2", outer(teacher, "square"), additive_split,
-                              lambda g, h, f0: sympy.sqrt(g + h - f0)))  # fmt: skip
+                              lambda g, h, f0: sympy.sqrt(g + h - f0), "square"))  # fmt: skip
             views.append(("additive in 1/f", outer(teacher, "reciprocal"), additive_split,
-                          lambda g, h, f0: 1 / (g + h - f0)))  # fmt: skip
-        for kind, view, check, combine in views:  # a plain product or sum anywhere before an outer function
+                          lambda g, h, f0: 1 / (g + h - f0), "reciprocal"))  # fmt: skip
+        for kind, view, check, combine, outer_kind in views:  # a plain product or sum anywhere before an outer function
             tries = 0
             for part in splits(teacher.n):
                 if self.out_of_time() or tries >= self.config.max_tries:
@@ -405,16 +413,52 @@ class _Solver:
                     continue
                 tries += 1
                 rest = [k for k in range(teacher.n) if k not in part]
-                self.note(depth, f"{kind}: {[names[k] for k in part]} | {[names[k] for k in rest]}")
-                g = self.solve(restrict(view, list(part), centre), [names[k] for k in part], depth + 1)
-                h = None if g is None else self.solve(restrict(view, rest, centre), [names[k] for k in rest], depth + 1)
-                if g is None or h is None:
+                part_names, rest_names = [names[k] for k in part], [names[k] for k in rest]
+                self.note(depth, f"{kind}: {part_names} | {rest_names}")
+                f0 = sympy.Float(float(view(centre[None])[0]))
+                g = self.solve(restrict(view, list(part), centre), part_names, depth + 1)
+                if g is None:
                     continue
-                expr = combine(g, h, sympy.Float(float(view(centre[None])[0])))
-                expr = self.refit(expr, teacher, names, rows)
+                rest_rows = None
+                if rows is not None:
+                    view_rows = rows if outer_kind == "f" else outer_rows(rows, outer_kind)
+                    rest_rows = _remainder(view_rows, g, part_names, list(part), rest, kind, float(f0))
+                h = self.solve(restrict(view, rest, centre), rest_names, depth + 1, rest_rows)
+                if h is None:
+                    continue
+                expr = self.refit(combine(g, h, f0), teacher, names, rows)
                 if self.accepts(expr, teacher, names, rows):
                     return expr
         return None
+
+
+def outer_rows(rows: Rows, kind: str) -> Rows:
+    """The rows of ``f^2`` (``kind="square"``) or ``1 / f`` (``"reciprocal"``), their error scaled as `outer` does."""
+    y = rows.y.double()
+    if kind == "square":
+        return Rows(rows.x, y.square().float(), rows.error * 2 * float(y.abs().median()))
+    if kind == "reciprocal":
+        return Rows(rows.x, y.reciprocal().float(), rows.error / float(y.abs().median()) ** 2)
+    raise ValueError(f"outer_rows: kind must be 'square' or 'reciprocal', got {kind!r}")
+
+
+def _remainder(rows: Rows, g: sympy.Expr, g_names: list[str], part: list[int], rest: list[int], kind: str,
+               f0: float) -> Rows | None:  # fmt: skip
+    """Rows for ``h`` of the split ``f = g h / f0`` (``kind`` "multiplicative") or ``f = g + h - f0``, given the
+    formula ``g`` of the inputs ``part``: ``f0 f / g`` or ``f - g + f0`` on the inputs ``rest``. None where ``g``
+    is not finite or (for a product) comes near zero on a row."""
+    with np.errstate(all="ignore"):
+        gx = torch.from_numpy(evaluate(g, g_names, rows.x[:, part].double().numpy()))
+    if not bool(torch.isfinite(gx).all()):
+        return None
+    y = rows.y.double()
+    if kind == "multiplicative":
+        if float(gx.abs().min()) <= 1e-6 * float(gx.abs().max()):
+            return None
+        h = Rows(rows.x[:, rest], (f0 * y / gx).float(), rows.error * float((f0 / gx).abs().median()))
+    else:
+        h = Rows(rows.x[:, rest], (y - gx + f0).float(), rows.error)
+    return h if bool(torch.isfinite(h.y).all()) and np.isfinite(h.error) else None
 
 
 def snap_floor(tolerance: float, y: torch.Tensor, cap: float = 1e-3) -> float:
@@ -513,10 +557,11 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
     try:
         if teacher is not None:  # y is the teacher's outputs: no formula matches them closer than its error
             exact = min(exact, 1 - snap_floor(config.solve.factor * teacher.error, y.reshape(-1)))
+            plain_config.target_error = max(plain_config.target_error, config.solve.factor * teacher.error)
         teacher = teacher or fit_teacher(x, y, features, steps=config.teacher_steps, seed=plain_config.seed)
         rows = Rows(x[n_val:], y.reshape(-1)[n_val:], 0.0 if given is None else given.error)
         solution = solve(teacher, features, config.solve, solve_deadline, rows)
-        floor = snap_floor(config.solve.factor * teacher.error, y.reshape(-1))
+        floor = snap_floor(config.solve.factor * rows.error, y.reshape(-1)) if rows.error else 1e-8
         expr = snap_constants(solution.expression, features, xs[n_val:], ys[n_val:], floor=floor,
                               deadline=solve_deadline)  # fmt: skip
         expr = canonical_on_data(expr, features, xs)

@@ -7,7 +7,7 @@ import sympy
 import torch
 
 from distill.discover import DiscoverConfig
-from distill.recursive import SolveConfig, TeacherDiscoverConfig, discover_with_teacher, polynomial, solve
+from distill.recursive import Rows, SolveConfig, TeacherDiscoverConfig, discover_with_teacher, polynomial, solve
 from distill.separability import BoxTeacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,3 +71,17 @@ def test_a_constant_is_snapped_only_when_the_teachers_error_cannot_tell_it_from_
         {a: sympy.Rational(3, 2), b: sympy.Rational(5, 4)}))  # fmt: skip
     assert abs(float(ratio) - constant) < 1e-4
     assert bool(found.atoms(sympy.Float)) == (error == 0.0)
+
+
+@pytest.mark.parametrize("with_rows", [True, False])
+def test_a_merged_pairs_leaf_is_solved_on_the_data_rows_not_the_rough_teacher(with_rows):
+    """The data are exactly x y; the teacher, a function of x y too, bends away from it by up to 2% (its
+    stated error allows that). With the rows, the leaf in u = x y is fitted to the data and comes out
+    exactly u; without them, it follows the teacher's bend."""
+    teacher = BoxTeacher(lambda x: x[:, 0] * x[:, 1] + 0.01 * (x[:, 0] * x[:, 1]) ** 2, [1, 1], [2, 2], error=0.05)
+    x = teacher.sample(800, seed=3)
+    rows = Rows(x, x[:, 0] * x[:, 1]) if with_rows else None
+    found = solve(teacher, ["x", "y"], SolveConfig(seed=0), rows=rows)
+    assert any("symmetry" in s for s in found.steps)
+    a, b = sympy.symbols("x y", real=True)
+    assert (sympy.simplify(found.expression - a * b) == 0) == with_rows
