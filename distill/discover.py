@@ -3,8 +3,9 @@
 Candidates go from simple to rich: first a student without hidden layer (``[n, 1]``, an
 additive model: one 1-D function per feature), then one with a hidden layer (``[n, hidden, 1]``),
 and with ``deep`` one with two (``[n, hidden, hidden, 1]``).
-When the target is positive everywhere, each is also tried on its logarithm: a product of
-powers and exponentials becomes a sum (the AI Feynman trick), so monomials such as
+When the target keeps one sign everywhere (to within its error, ``target_error``), each is also
+tried on the logarithm of its size, fitted on the rows where it has that sign: a product of powers
+and exponentials becomes a sum (the AI Feynman trick), so monomials such as
 ``G m1 m2 / r^2`` need no hidden layer at all. Each formula is judged on held-out points against
 the target in its original space; the best fit wins, a simpler formula wins a tie, and the
 search stops at the first formula that is exact to ``exact_r2`` (or that no richer candidate could
@@ -104,7 +105,8 @@ def discover_formula(
         raise ValueError("discover_formula: the targets contain NaN or infinite values")
     n_val = max(1, int(config.validation_fraction * x.shape[0]))
     x_fit, x_val, y_fit, y_val = x[n_val:], x[:n_val], y[n_val:], y[:n_val]
-    transforms = ["identity"] + (["log"] if config.log_target and bool((y > 0).all()) else [])
+    sign = _sign(y[:, 0], 3 * config.target_error)
+    transforms = ["identity"] + (["log" if sign > 0 else "log(-y)"] if config.log_target and sign else [])
     n, h = x.shape[1], config.hidden
     widths = (
         ([[n, 1]] if config.additive else [])
@@ -129,29 +131,32 @@ def discover_formula(
                 f"{transform} {width}",
             )
             break
-        forward = torch.log if transform == "log" else (lambda t: t)
+        forward = {"identity": lambda t: t, "log": torch.log, "log(-y)": lambda t: torch.log(-t)}[transform]
         model = KAN(width, grid=config.grid, seed=config.seed)
+        fit, val = (y_fit[:, 0] * sign > 0, y_val[:, 0] * sign > 0) if sign else (slice(None), slice(None))
         try:
-            model = sparse_fit(model, x_fit, forward(y_fit), config.schedule, deadline)
+            model = sparse_fit(model, x_fit[fit], forward(y_fit[fit]), config.schedule, deadline)
             extraction = extract_formula(
                 model,
-                x_fit,
+                x_fit[fit],
                 features,
-                x_val,
-                forward(y_val),
+                x_val[val],
+                forward(y_val[val]),
                 fit_constants_to="teacher",
                 refit_steps=10,
                 complexity_weight=config.complexity_weight,
                 snap_growth=config.snap_growth,
-                snap_floor=_indistinguishable(forward(y_val)[:, 0], config.target_error, y_val[:, 0], transform),
+                snap_floor=_indistinguishable(
+                    forward(y_val[val])[:, 0], config.target_error, y_val[val][:, 0], transform
+                ),
                 deadline=deadline,
             )
         except (FloatingPointError, ValueError) as err:
             logger.warning("%s target: no formula (%s)", transform, err)
             continue
         last_seconds = time.monotonic() - started
-        if transform == "log":
-            extraction.expressions = [sympy.exp(e) for e in extraction.expressions]
+        if transform != "identity":
+            extraction.expressions = [sign * sympy.exp(e) for e in extraction.expressions]
         with np.errstate(all="ignore"):
             pred = extraction.callable()(x_val.double().numpy())[:, 0]
             on_fit = extraction.callable()(x_fit.double().numpy())[:, 0]
@@ -172,12 +177,23 @@ def discover_formula(
     return best
 
 
+def _sign(y: torch.Tensor, margin: float, share: float = 0.9) -> int:
+    """1 (or -1) when ``y`` ``(batch,)`` is positive (negative) to within ``margin`` (the targets' own error)
+    everywhere, and beyond it on at least ``share`` of the rows, so that the logarithm of its size is worth
+    fitting on those rows; else 0. A teacher's outputs can cross zero by its error where the truth is small."""
+    for sign in (1, -1):
+        if bool((sign * y > -margin).all()) and float((sign * y > margin).double().mean()) >= share:
+            return sign
+    return 0
+
+
 def _indistinguishable(target: torch.Tensor, error: float, y: torch.Tensor, transform: str, cap: float = 1e-3) -> float:
     """The ``1 - R^2`` on ``target`` ``(batch,)`` (``y`` after ``transform``) that an error of RMSE ``error``
-    in ``y`` amounts to, at most ``cap``; on ``log y`` the error of each row is relative to its ``y``."""
+    in ``y`` amounts to, at most ``cap``; on ``log y`` the error is relative to ``y`` (its median over rows:
+    rows near zero, where the relative error is large, would allow any rounding)."""
     if error <= 0:
         return 1e-8
-    rms = error if transform == "identity" else float((error / y.double().abs()).square().mean().sqrt())
+    rms = error if transform == "identity" else float((error / y.double().abs()).median())
     return min((rms / max(float(target.double().std()), 1e-300)) ** 2, cap)
 
 

@@ -263,9 +263,9 @@ class _Solver:
 
     def refit(self, expr: sympy.Expr, teacher: BoxTeacher, names: list[str], rows: Rows | None = None) -> sympy.Expr:
         """Refit the composed formula's constants against the rows or the teacher, and snap each one that their
-        own error cannot tell from a simple value (`snap_floor`)."""
+        own error cannot tell from a simple value (`snap_floor` of that error)."""
         x, y = self.data(teacher, 17, rows)
-        own = self.tolerance(teacher) if rows is None else self.config.factor * rows.error
+        own = self.tolerance(teacher) / self.config.factor if rows is None else rows.error
         floor = snap_floor(max(own, self.config.floor * float(y.std())), y)
         return snap_constants(expr, names, x.double().numpy(), y.double().numpy(), floor=floor, deadline=self.deadline)
 
@@ -307,7 +307,7 @@ class _Solver:
             config = DiscoverConfig(**{**leaf.__dict__, **shape, "seconds": seconds,
                                        "exact_r2": min(leaf.exact_r2, 1 - noise),
                                        "simplicity_margin": max(leaf.simplicity_margin, noise),
-                                       "target_error": factor * close})  # fmt: skip
+                                       "target_error": close})  # fmt: skip
             try:
                 discovery = discover_formula(x, forward(y), names, config)
             except FloatingPointError as err:
@@ -557,11 +557,11 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
     try:
         if teacher is not None:  # y is the teacher's outputs: no formula matches them closer than its error
             exact = min(exact, 1 - snap_floor(config.solve.factor * teacher.error, y.reshape(-1)))
-            plain_config.target_error = max(plain_config.target_error, config.solve.factor * teacher.error)
+            plain_config.target_error = max(plain_config.target_error, teacher.error)
         teacher = teacher or fit_teacher(x, y, features, steps=config.teacher_steps, seed=plain_config.seed)
         rows = Rows(x[n_val:], y.reshape(-1)[n_val:], 0.0 if given is None else given.error)
         solution = solve(teacher, features, config.solve, solve_deadline, rows)
-        floor = snap_floor(config.solve.factor * rows.error, y.reshape(-1)) if rows.error else 1e-8
+        floor = snap_floor(rows.error, y.reshape(-1)) if rows.error else 1e-8
         expr = snap_constants(solution.expression, features, xs[n_val:], ys[n_val:], floor=floor,
                               deadline=solve_deadline)  # fmt: skip
         expr = canonical_on_data(expr, features, xs)

@@ -28,6 +28,17 @@ def test_a_monomial_is_found_through_its_logarithm():
     assert found.candidates["log [3, 1]"] > 0.99999  # the log trick alone needs no hidden layer
 
 
+def test_a_negative_monomial_is_found_through_the_logarithm_of_its_size():
+    """-m q^4 / n^2 (Feynman III.19.51's shape) is negative everywhere: ``log(-y)`` is additive."""
+    x = samples(600, 1.0, 5.0, 3, seed=0)
+    y = -x[:, 0] * x[:, 1] ** 4 / x[:, 2] ** 2
+    found = discover_formula(x, y, ["m", "q", "n"], DiscoverConfig(seed=0))
+    m, q, n = sympy.symbols("m q n", real=True)
+    ratio = sympy.simplify(found.expression / (-m * q**4 / n**2))
+    assert not ratio.free_symbols and abs(float(ratio) - 1) < 1e-3
+    assert found.candidates["log(-y) [3, 1]"] > 0.99999
+
+
 def test_an_additive_law_is_found_without_a_hidden_layer():
     x = samples(600, -1.0, 1.0, 2, seed=1)
     y = 3 * x[:, 0] ** 2 + torch.sin(2 * x[:, 1])
