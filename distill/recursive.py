@@ -391,7 +391,9 @@ class _Solver:
               rows: Rows | None = None) -> sympy.Expr | None:  # fmt: skip
         """``g(x_A) h(x_B)``, or ``g(x_A) + h(x_B)`` of ``f``, of ``f^2`` or of ``1 / f`` (a simple outer
         function). ``g``, the smaller part, is solved on the teacher; with rows, ``h`` is then solved on what
-        the rows leave once ``g`` is divided out or subtracted (exact when ``g`` is)."""
+        the rows leave once ``g`` is divided out or subtracted (exact when ``g`` is), and ``g`` once more on
+        what they leave once ``h`` is (a slice of the teacher holds the other inputs at one point, where its
+        error can be larger than on the rows)."""
         if teacher.n < 2:
             return None
         centre = (teacher.low + teacher.high) / 2
@@ -419,16 +421,22 @@ class _Solver:
                 g = self.solve(restrict(view, list(part), centre), part_names, depth + 1)
                 if g is None:
                     continue
-                rest_rows = None
-                if rows is not None:
-                    view_rows = rows if outer_kind == "f" else outer_rows(rows, outer_kind)
-                    rest_rows = _remainder(view_rows, g, part_names, list(part), rest, kind, float(f0))
+                view_rows = None if rows is None else rows if outer_kind == "f" else outer_rows(rows, outer_kind)
+                rest_rows = (
+                    None if rows is None else remainder_rows(view_rows, g, part_names, list(part), rest, kind, f0)
+                )
                 h = self.solve(restrict(view, rest, centre), rest_names, depth + 1, rest_rows)
                 if h is None:
                     continue
-                expr = self.refit(combine(g, h, f0), teacher, names, rows)
-                if self.accepts(expr, teacher, names, rows):
-                    return expr
+                parts = [g]
+                if rest_rows is not None:  # g again, on what the rows leave once h is taken out: no slice's error
+                    g_rows = remainder_rows(view_rows, h, rest_names, rest, list(part), kind, f0)
+                    again = self.solve(restrict(view, list(part), centre), part_names, depth + 1, g_rows)
+                    parts = [again, g] if again is not None and again != g else parts
+                for g_part in parts:
+                    expr = self.refit(combine(g_part, h, f0), teacher, names, rows)
+                    if self.accepts(expr, teacher, names, rows):
+                        return expr
         return None
 
 
@@ -442,8 +450,8 @@ def outer_rows(rows: Rows, kind: str) -> Rows:
     raise ValueError(f"outer_rows: kind must be 'square' or 'reciprocal', got {kind!r}")
 
 
-def _remainder(rows: Rows, g: sympy.Expr, g_names: list[str], part: list[int], rest: list[int], kind: str,
-               f0: float) -> Rows | None:  # fmt: skip
+def remainder_rows(rows: Rows, g: sympy.Expr, g_names: list[str], part: list[int], rest: list[int], kind: str,
+               f0: sympy.Float) -> Rows | None:  # fmt: skip
     """Rows for ``h`` of the split ``f = g h / f0`` (``kind`` "multiplicative") or ``f = g + h - f0``, given the
     formula ``g`` of the inputs ``part``: ``f0 f / g`` or ``f - g + f0`` on the inputs ``rest``. None where ``g``
     is not finite or (for a product) comes near zero on a row."""
@@ -451,7 +459,7 @@ def _remainder(rows: Rows, g: sympy.Expr, g_names: list[str], part: list[int], r
         gx = torch.from_numpy(evaluate(g, g_names, rows.x[:, part].double().numpy()))
     if not bool(torch.isfinite(gx).all()):
         return None
-    y = rows.y.double()
+    y, f0 = rows.y.double(), float(f0)
     if kind == "multiplicative":
         if float(gx.abs().min()) <= 1e-6 * float(gx.abs().max()):
             return None
@@ -527,7 +535,7 @@ def fit_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str], steps: in
 class TeacherDiscoverConfig:
     """The recursion (``solve``) through a teacher, then the plain search (``plain``) unless the recursion's
     formula is exact on the data. ``seconds`` for both: the teacher's fit and the recursion stop after
-    ``1 - plain_share`` of it, the plain search gets what is left."""
+    ``1 - plain_share`` of it; the snapping of the recursion's formula, then the plain search, get what is left."""
 
     plain: DiscoverConfig = field(default_factory=DiscoverConfig)
     solve: SolveConfig = field(default_factory=SolveConfig)
@@ -562,8 +570,8 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
         rows = Rows(x[n_val:], y.reshape(-1)[n_val:], 0.0 if given is None else given.error)
         solution = solve(teacher, features, config.solve, solve_deadline, rows)
         floor = snap_floor(rows.error, y.reshape(-1)) if rows.error else 1e-8
-        expr = snap_constants(solution.expression, features, xs[n_val:], ys[n_val:], floor=floor,
-                              deadline=solve_deadline)  # fmt: skip
+        # snapped within the whole budget, not the recursion's: a near-exact formula is worth the time
+        expr = snap_constants(solution.expression, features, xs[n_val:], ys[n_val:], floor=floor, deadline=deadline)
         expr = canonical_on_data(expr, features, xs)
         r2 = _r2(evaluate(expr, features, xs[:n_val]), ys[:n_val])
         if np.all(np.isfinite(evaluate(expr, features, xs))) and r2 >= plain_config.min_r2:

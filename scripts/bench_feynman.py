@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = ("via an MLP teacher" if args.via_mlp else "directly from data") + ("; plain search" if args.plain else "")
     print(f"{len(equations)} equations from {args.csv}; {args.samples} samples; {source}; "
           f"budget {args.seconds_per_equation:.0f} s")  # fmt: skip
-    print(f"{'equation':<12}{'vars':>5}{'ok':>4}{'R2 val':>12}{'s':>7}  found")
+    print(f"{'equation':<12}{'vars':>5}{'ok':>4}{'R2 val':>12}{'s':>7}  {'by':<18}  found")
     rows = []
     for eq in equations:
         start = time.perf_counter()
@@ -125,15 +125,16 @@ def main(argv: list[str] | None = None) -> dict:
                 else:
                     both = TeacherDiscoverConfig(plain=config, seconds=0.6 * args.seconds_per_equation)
                     found = discover_with_teacher(x, target, list(eq.variables), teacher, both)
-                expr, r2 = found.expression, found.r2_validation
+                expr, r2, by = found.expression, found.r2_validation, found.transform
                 ok = is_recovered(expr, truth, list(eq.variables), x.double().numpy())
         except Exception as err:  # a benchmark records a failure and goes on
-            expr, r2, ok = sympy.Symbol(f"<failed: {type(err).__name__}>"), float("nan"), False
+            expr, r2, ok, by = sympy.Symbol(f"<failed: {type(err).__name__}>"), float("nan"), False, "-"
         seconds = time.perf_counter() - start
         ok = ok and seconds <= args.seconds_per_equation
-        rows.append({"equation": eq.name, "recovered": ok, "seconds": seconds, "r2": r2, "found": str(expr)})
+        rows.append({"equation": eq.name, "recovered": ok, "seconds": seconds, "r2": r2, "by": by, "found": str(expr)})
         mark = "yes" if ok else "no"
-        print(f"{eq.name:<12}{len(eq.variables):>5}{mark:>4}{r2:>12.6f}{seconds:>7.1f}  {str(expr)[:80]}", flush=True)
+        print(f"{eq.name:<12}{len(eq.variables):>5}{mark:>4}{r2:>12.6f}{seconds:>7.1f}  {by:<18}  {str(expr)[:70]}",
+              flush=True)  # fmt: skip
 
     recovered = sum(r["recovered"] for r in rows)
     summary = {

@@ -7,7 +7,15 @@ import sympy
 import torch
 
 from distill.discover import DiscoverConfig
-from distill.recursive import Rows, SolveConfig, TeacherDiscoverConfig, discover_with_teacher, polynomial, solve
+from distill.recursive import (
+    Rows,
+    SolveConfig,
+    TeacherDiscoverConfig,
+    discover_with_teacher,
+    polynomial,
+    remainder_rows,
+    solve,
+)
 from distill.separability import BoxTeacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,3 +93,19 @@ def test_a_merged_pairs_leaf_is_solved_on_the_data_rows_not_the_rough_teacher(wi
     assert any("symmetry" in s for s in found.steps)
     a, b = sympy.symbols("x y", real=True)
     assert (sympy.simplify(found.expression - a * b) == 0) == with_rows
+
+
+def test_the_rows_a_split_leaves_are_the_other_parts_values_exactly():
+    """f = g(x) h(y, z) / f0 with g = x^2 solved: the rows left for h are f0 f / g = f0 (y^2 + z), exactly; for a
+    sum f = g + h - f0 they are f - g + f0. A g that vanishes on a row leaves no rows (they would divide by 0)."""
+    x = torch.rand(50, 3, generator=torch.Generator().manual_seed(0)) + 1
+    product = Rows(x, x[:, 0] ** 2 * (x[:, 1] ** 2 + x[:, 2]), error=0.01)
+    g = sympy.Symbol("x", real=True) ** 2
+    left = remainder_rows(product, g, ["x"], [0], [1, 2], "multiplicative", sympy.Float(3.0))
+    assert torch.allclose(left.y, 3 * (x[:, 1] ** 2 + x[:, 2]), rtol=1e-6)
+    assert torch.equal(left.x, x[:, 1:]) and left.error > 0.01  # divided by x^2 / 3 < 1 on most rows: larger
+    total = Rows(x, x[:, 0] ** 2 + x[:, 1] ** 2 + x[:, 2])
+    left = remainder_rows(total, g, ["x"], [0], [1, 2], "additive", sympy.Float(3.0))
+    assert torch.allclose(left.y, x[:, 1] ** 2 + x[:, 2] + 3, rtol=1e-6)
+    x[0, 0] = 1.0  # g - 1 vanishes on this row
+    assert remainder_rows(Rows(x, x[:, 0]), g - 1, ["x"], [0], [1, 2], "multiplicative", sympy.Float(3.0)) is None
