@@ -12,6 +12,8 @@ some matches. :func:`canonical_on_data` also uses the inputs' signs: ``Abs(m)`` 
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import sympy
 
@@ -63,13 +65,13 @@ def canonical_form(expr: sympy.Expr, max_ops: int = MAX_OPS) -> sympy.Expr:
             tried.append(sympy.simplify(e))
         except (TypeError, ValueError, RecursionError):  # sympy gives up on some inputs
             continue
-    tried = [_fold_constants(e) for e in tried if _writable(e)] or [expr]
+    tried = [_exact_numbers(_fold_constants(e)) for e in tried if _writable(e)] or [expr]
     return min(tried, key=lambda e: (sympy.count_ops(e), len(str(e))))
 
 
 def canonical_on_data(expr: sympy.Expr, features: list[str], x: np.ndarray, max_ops: int = 60) -> sympy.Expr:
     """``expr`` with :func:`resolve_signs` on ``x`` ``(batch, n)``, then in canonical form, if that computes
-    the same values on ``x`` (to 1e-9 relative); else ``expr`` unchanged."""
+    the same values on ``x`` (to 1e-8 relative); else ``expr`` unchanged."""
     form = canonical_form(resolve_signs(expr, features, x), max_ops=max_ops)
     if form == expr:
         return expr
@@ -77,7 +79,7 @@ def canonical_on_data(expr: sympy.Expr, features: list[str], x: np.ndarray, max_
         before, after = evaluate(expr, features, x), evaluate(form, features, x)
     except FormulaError:
         return expr
-    same = np.all(np.isfinite(after)) and np.allclose(after, before, rtol=1e-9, atol=1e-9 * np.abs(before).max())
+    same = np.all(np.isfinite(after)) and np.allclose(after, before, rtol=1e-8, atol=1e-8 * np.abs(before).max())
     return form if same else expr
 
 
@@ -100,18 +102,38 @@ def resolve_signs(expr: sympy.Expr, features: list[str], x: np.ndarray) -> sympy
     return expr.replace(lambda e: isinstance(e, sympy.Abs), unsigned)
 
 
+def _simple_fraction(value: float, rtol: float = 1e-8, max_denominator: int = 12) -> sympy.Rational | None:
+    """The fraction of denominator at most ``max_denominator`` within ``rtol`` (relative) of ``value``, if any."""
+    frac = Fraction(value).limit_denominator(max_denominator)
+    return sympy.Rational(frac.numerator, frac.denominator) if abs(value - frac) <= rtol * abs(value) else None
+
+
+def _exact_numbers(expr: sympy.Expr) -> sympy.Expr:
+    """Each float that is a simple fraction to float precision as that fraction: a refit leaves ``0.999999998``
+    where the law has 1, which sympy cannot match to 1."""
+    exact = {f: _simple_fraction(float(f)) for f in expr.atoms(sympy.Float)}
+    return expr.xreplace({f: r for f, r in exact.items() if r is not None})
+
+
 def _fold_constants(expr: sympy.Expr) -> sympy.Expr:
     """Each product's constant factors as one number when one is a float and another a function of a constant:
-    ``0.04321*exp(pi)*x`` is ``1.0*x`` (simplifying a formula fitted in log space splits a constant that way);
+    ``0.04321*exp(pi)*x`` is ``1.0*x`` (simplifying a formula fitted in log space splits a constant that way).
+    A float times ``pi`` is folded only into a simple fraction: ``0.3183098862*pi*x`` is ``x``, while
     ``2.0*pi*x`` stays as it is."""
 
     def fold(product: sympy.Mul) -> sympy.Expr:
         constants = [a for a in product.args if not a.free_symbols]
-        if not (any(a.has(sympy.Float) for a in constants) and any(a.atoms(sympy.Function) for a in constants)):
+        if not any(a.has(sympy.Float) for a in constants):
             return product
         value = sympy.Mul(*constants).evalf()
         if not isinstance(value, sympy.Float):
             return product
+        if not any(a.atoms(sympy.Function) for a in constants):
+            if not any(a.atoms(sympy.NumberSymbol) for a in constants):
+                return product
+            value = _simple_fraction(float(value))
+            if value is None:
+                return product
         return value * sympy.Mul(*(a for a in product.args if a.free_symbols))
 
     return expr.replace(lambda e: isinstance(e, sympy.Mul), fold)

@@ -221,8 +221,7 @@ def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _candidates(value: float) -> list[sympy.Expr]:
-    """Simple numbers near ``value``: 0, then the others nearest first (with a teacher's error, several can fit;
-    ``12.57`` is ``4 pi`` rather than ``25 / 2``)."""
+    """Simple numbers near ``value``, simplest first."""
     out: list[sympy.Expr] = [sympy.Integer(0), sympy.Integer(round(value))]
     for limit in (2, 3, 4, 6, 10):
         frac = Fraction(value).limit_denominator(limit)
@@ -233,7 +232,7 @@ def _candidates(value: float) -> list[sympy.Expr]:
     for c in out[1:]:
         if c not in unique and abs(float(c) - value) <= 0.1 * abs(value) + 1e-3:
             unique.append(c)
-    return unique[:1] + sorted(unique[1:], key=lambda c: abs(float(c) - value))
+    return unique
 
 
 _TORCH_EXTRAS = {  # functions sympy's simplification can produce that its torch printer lacks

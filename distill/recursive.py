@@ -451,7 +451,7 @@ def outer_rows(rows: Rows, kind: str) -> Rows:
 
 
 def remainder_rows(rows: Rows, g: sympy.Expr, g_names: list[str], part: list[int], rest: list[int], kind: str,
-               f0: sympy.Float) -> Rows | None:  # fmt: skip
+                   f0: sympy.Float) -> Rows | None:  # fmt: skip
     """Rows for ``h`` of the split ``f = g h / f0`` (``kind`` "multiplicative") or ``f = g + h - f0``, given the
     formula ``g`` of the inputs ``part``: ``f0 f / g`` or ``f - g + f0`` on the inputs ``rest``. None where ``g``
     is not finite or (for a product) comes near zero on a row."""
@@ -494,8 +494,8 @@ def solve(teacher: BoxTeacher, features: list[str], config: SolveConfig | None =
     """A formula for the teacher's function of ``features``, found by recursive splitting (module docstring).
 
     ``deadline``: a `time.monotonic` value after which no split is tried and leaves get no new candidate.
-    ``rows``: data ``(x (batch, n), y (batch,))`` inside the teacher's box that the teacher stands for;
-    sub-problems that keep them are solved on them. Raises `FloatingPointError` when no formula is found at all.
+    ``rows``: data inside the teacher's box that the teacher stands for (`Rows`); sub-problems that keep
+    them are solved on them. Raises `FloatingPointError` when no formula is found at all.
     """
     config = config or SolveConfig()
     if len(features) != teacher.n:

@@ -104,3 +104,12 @@ def test_canonical_form_folds_a_float_times_a_constant_function_into_one_number(
     assert folded.free_symbols == {nn, mu} and not folded.atoms(sympy.exp)
     assert float(folded / (nn * mu)) == pytest.approx(0.04321 * np.exp(np.pi))
     assert canonical_form(sympy.Float(2.0) * sympy.pi * sympy.sin(nn)).has(sympy.pi)  # pi stays readable
+
+
+def test_floats_that_are_simple_fractions_to_float_precision_become_exact():
+    """A refit leaves 0.318309886269385*pi (1 to 1e-15) and 0.999999998 where the law has 1; sympy matches
+    neither to 1, so the canonical form writes them as 1. A float far from a fraction stays."""
+    b, chi = sympy.symbols("B chi", real=True)
+    found = canonical_form(b * (sympy.Float(0.318309886269385) * sympy.pi * chi + sympy.Float(0.999999998)))
+    assert sympy.simplify(found - b * (chi + 1)) == 0
+    assert canonical_form(sympy.Float(0.0795774715) * chi).atoms(sympy.Float) == {sympy.Float(0.0795774715)}
