@@ -35,7 +35,7 @@ import torch
 from distill.canonical import canonical_on_data
 from distill.discover import DiscoverConfig, Discovery, discover_formula
 from distill.extract import Extraction, snap_constants
-from distill.formula import evaluate
+from distill.formula import FormulaError, evaluate
 from distill.separability import (
     SYMMETRIES,
     BoxTeacher,
@@ -254,7 +254,10 @@ class _Solver:
              rows: Rows | None = None) -> tuple[float, float]:  # fmt: skip
         """RMSE and R^2 of ``expr`` against the rows, or the teacher on fresh points."""
         x, y = self.data(teacher, 991, rows)
-        pred = evaluate(expr, names, x.double().numpy())
+        try:
+            pred = evaluate(expr, names, x.double().numpy())
+        except FormulaError:  # a function the evaluator does not compute (sympy's simplify can write one)
+            return float("inf"), -float("inf")
         ref = y.double().numpy()
         if not np.all(np.isfinite(pred)):
             return float("inf"), -float("inf")
@@ -455,8 +458,10 @@ def remainder_rows(rows: Rows, g: sympy.Expr, g_names: list[str], part: list[int
     """Rows for ``h`` of the split ``f = g h / f0`` (``kind`` "multiplicative") or ``f = g + h - f0``, given the
     formula ``g`` of the inputs ``part``: ``f0 f / g`` or ``f - g + f0`` on the inputs ``rest``. None where ``g``
     is not finite or (for a product) comes near zero on a row."""
-    with np.errstate(all="ignore"):
+    try:
         gx = torch.from_numpy(evaluate(g, g_names, rows.x[:, part].double().numpy()))
+    except FormulaError:
+        return None
     if not bool(torch.isfinite(gx).all()):
         return None
     y, f0 = rows.y.double(), float(f0)
@@ -576,7 +581,7 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
         r2 = _r2(evaluate(expr, features, xs[:n_val]), ys[:n_val])
         if np.all(np.isfinite(evaluate(expr, features, xs))) and r2 >= plain_config.min_r2:
             found = Discovery(Extraction(list(features), [expr]), "teacher recursion", r2, {"teacher recursion": r2})
-    except FloatingPointError as err:
+    except (FloatingPointError, FormulaError) as err:
         logger.info("discover_with_teacher: the recursion found nothing (%s)", err)
     if found is not None and found.r2_validation >= exact and _complexity(found.expression)[0] <= 1:
         return found  # exact with at most one free constant: the plain search cannot do better
