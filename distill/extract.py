@@ -282,11 +282,12 @@ class _Scorer:
             return expr
         theta = torch.tensor([float(f) for f in floats], dtype=torch.float64, requires_grad=True)
         before = self.loss(expr).item()
+        scale = before if 0 < before < np.inf else 1.0  # near an exact fit, 1 - R^2 is below L-BFGS's tolerances
         optimizer = torch.optim.LBFGS([theta], max_iter=steps, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
-            loss = self.loss(template, fn, theta.unbind())
+            loss = self.loss(template, fn, theta.unbind()) / scale
             if torch.isfinite(loss) and loss.requires_grad:
                 loss.backward()
             return loss
@@ -323,7 +324,7 @@ def monic_denominator(expr: sympy.Expr, max_ops: int = 40) -> sympy.Expr:
     """``expr`` as a fraction whose denominator's first term has coefficient 1, when the denominator holds
     floats: ``0.0776*V*p/(0.0776*gamma - 0.0776)`` becomes ``1.0*V*p/(gamma - 1.0)``, whose constants
     can then snap one at a time (a float is only ever snapped to a simple value near it). Formulas over
-    ``max_ops`` operations, or whose denominator is 1 or exact, come back unchanged."""
+    ``max_ops`` operations (before or after), or whose denominator is 1 or exact, come back unchanged."""
     if sympy.count_ops(expr) > max_ops:
         return expr
     num, den = sympy.fraction(sympy.together(expr))
@@ -332,7 +333,8 @@ def monic_denominator(expr: sympy.Expr, max_ops: int = 40) -> sympy.Expr:
     lead = next((t.as_coeff_Mul()[0] for t in sympy.Add.make_args(sympy.expand(den)) if t.free_symbols), None)
     if not isinstance(lead, sympy.Float) or lead == 0:
         return expr
-    return sympy.expand(num / lead) / sympy.expand(den / lead)
+    monic = sympy.expand(num / lead) / sympy.expand(den / lead)
+    return monic if sympy.count_ops(monic) <= max_ops else expr  # expanding powers of sums can blow it up
 
 
 def snap_constants(

@@ -400,6 +400,7 @@ class _Solver:
         if teacher.n < 2:
             return None
         centre = (teacher.low + teacher.high) / 2
+        typical = float(teacher(teacher.sample(test["points"], test["seed"])).abs().median())
         views = [("multiplicative", teacher, multiplicative_split, lambda g, h, f0: g * h / f0, "f"),
                  ("additive", teacher, additive_split, lambda g, h, f0: g + h - f0, "f")]  # fmt: skip
         if keeps_sign(teacher, test["points"], test["seed"]):
@@ -421,6 +422,8 @@ class _Solver:
                 part_names, rest_names = [names[k] for k in part], [names[k] for k in rest]
                 self.note(depth, f"{kind}: {part_names} | {rest_names}")
                 f0 = sympy.Float(float(view(centre[None])[0]))
+                if kind == "multiplicative" and abs(float(f0)) < 0.2 * typical:
+                    continue  # f = g h / f0 through the centre needs g and h well away from 0 there
                 g = self.solve(restrict(view, list(part), centre), part_names, depth + 1)
                 if g is None:
                     continue
@@ -456,8 +459,9 @@ def outer_rows(rows: Rows, kind: str) -> Rows:
 def remainder_rows(rows: Rows, g: sympy.Expr, g_names: list[str], part: list[int], rest: list[int], kind: str,
                    f0: sympy.Float) -> Rows | None:  # fmt: skip
     """Rows for ``h`` of the split ``f = g h / f0`` (``kind`` "multiplicative") or ``f = g + h - f0``, given the
-    formula ``g`` of the inputs ``part``: ``f0 f / g`` or ``f - g + f0`` on the inputs ``rest``. None where ``g``
-    is not finite or (for a product) comes near zero on a row."""
+    formula ``g`` of the inputs ``part``: ``f0 f / g`` or ``f - g + f0`` on the inputs ``rest``. A product keeps
+    the rows where ``|g|`` is above a tenth of its median. None where ``g`` is not finite, or (for a product)
+    near zero on half the rows."""
     try:
         gx = torch.from_numpy(evaluate(g, g_names, rows.x[:, part].double().numpy()))
     except FormulaError:
@@ -466,9 +470,11 @@ def remainder_rows(rows: Rows, g: sympy.Expr, g_names: list[str], part: list[int
         return None
     y, f0 = rows.y.double(), float(f0)
     if kind == "multiplicative":
-        if float(gx.abs().min()) <= 1e-6 * float(gx.abs().max()):
+        keep = gx.abs() > 0.1 * gx.abs().median()  # dividing by g near 0 would blow up the rows' error there
+        if float(keep.double().mean()) < 0.5:
             return None
-        h = Rows(rows.x[:, rest], (f0 * y / gx).float(), rows.error * float((f0 / gx).abs().median()))
+        gx, y = gx[keep], y[keep]
+        h = Rows(rows.x[keep][:, rest], (f0 * y / gx).float(), rows.error * float((f0 / gx).abs().median()))
     else:
         h = Rows(rows.x[:, rest], (y - gx + f0).float(), rows.error)
     return h if bool(torch.isfinite(h.y).all()) and np.isfinite(h.error) else None

@@ -9,8 +9,8 @@ z-score (of the 90% smallest: an MLP's error is largest at a few corner points) 
 off by ``error`` is about ``2 error``, while a real dependence is of the size of ``f`` itself.
 
 - additive separability, ``f = g(x_A) + h(x_B)``: ``f(a, b) + f(a', b') - f(a, b') - f(a', b) = 0``;
-- multiplicative separability, the same on ``log |f|`` (only where ``f`` keeps its sign and stays
-  well away from 0; the error becomes ``error / |f|`` there);
+- multiplicative separability, the same on ``log |f|`` where ``f`` keeps its sign well away from 0 (the
+  error becomes ``error / |f|`` there), else ``f(a, b) f(a', b') - f(a, b') f(a', b) = 0``;
 - symmetries, ``f`` depends on ``x_i - x_j`` (or ``x_i + x_j``, ``x_i / x_j``, ``x_i x_j``) only:
   moving both inputs along the curve that keeps the combination fixed does not change ``f``;
 - an irrelevant input: redrawing ``x_i`` does not change ``f``.
@@ -113,15 +113,19 @@ def keeps_sign(teacher: BoxTeacher, points: int = 256, seed: int = 0, margin: fl
 
 def multiplicative_split(teacher: BoxTeacher, part: Sequence[int], points: int = 256, seed: int = 0,
                          factor: float = 3.0) -> Verdict:  # fmt: skip
-    """Is ``f = g(x_part) h(x_rest)``? Tested on ``log |f|``; fails where ``f`` changes sign or nears 0."""
+    """Is ``f = g(x_part) h(x_rest)``? Tested on ``log |f|`` where ``f`` keeps its sign well away from 0;
+    elsewhere (``f`` crosses 0, as ``-m B cos(theta)`` does) on ``f(a, b) f(a', b') - f(a, b') f(a', b) = 0``,
+    whose error is the teacher's times the four values' norm."""
     f = _mixed(teacher, part, points, seed)
     noise = _noise(teacher, f)
     name = f"multiplicative {list(part)}"
-    if not bool((f.abs() > 10 * noise).all()) or not (bool((f > 0).all()) or bool((f < 0).all())):
-        return Verdict(name, float("inf"), False)
-    logs = f.abs().log()
-    residual = logs[0] + logs[1] - logs[2] - logs[3]
-    scale = noise * f.abs().reciprocal().square().sum(0).sqrt()  # error of the log residual, per point
+    if bool((f.abs() > 10 * noise).all()) and (bool((f > 0).all()) or bool((f < 0).all())):
+        logs = f.abs().log()
+        residual = logs[0] + logs[1] - logs[2] - logs[3]
+        scale = noise * f.abs().reciprocal().square().sum(0).sqrt()  # error of the log residual, per point
+    else:
+        residual = f[0] * f[1] - f[2] * f[3]
+        scale = noise * f.square().sum(0).sqrt().clamp_min(noise)
     return _verdict(name, _rms(residual / scale), factor)
 
 

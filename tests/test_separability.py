@@ -31,7 +31,7 @@ def test_xy_plus_sin_z_splits_additively_and_only_there():
     verdicts = {part: additive_split(teacher, part) for part in splits(3)}
     assert [p for p, v in verdicts.items() if v.holds] == [(2,)]  # z | x, y
     assert min(v.score for p, v in verdicts.items() if p != (2,)) > 10  # far beyond the threshold 3
-    assert not any(multiplicative_split(teacher, p).holds for p in splits(3))  # f changes sign
+    assert not any(multiplicative_split(teacher, p).holds for p in splits(3))  # across 0: on f f' - f f'
     assert not any(irrelevant(teacher, i).holds for i in range(3))
 
 
