@@ -546,12 +546,15 @@ def fit_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str], steps: in
 class TeacherDiscoverConfig:
     """The recursion (``solve``) through a teacher, then the plain search (``plain``) unless the recursion's
     formula is exact on the data. ``seconds`` for both: the teacher's fit and the recursion stop after
-    ``1 - plain_share`` of it; the snapping of the recursion's formula, then the plain search, get what is left."""
+    ``1 - plain_share`` of it; the snapping of the recursion's formula, then the plain search, get what is left.
+    The chosen formula, when it is near exact (held-out R^2 at least ``1 - 1e-4``) with free constants, is
+    snapped once more within ``snap_share`` of ``seconds`` beyond them: a search's snapping stops at its deadline."""
 
     plain: DiscoverConfig = field(default_factory=DiscoverConfig)
     solve: SolveConfig = field(default_factory=SolveConfig)
     seconds: float | None = None
     plain_share: float = 0.4
+    snap_share: float = 0.1
     teacher_steps: int = 1500
 
 
@@ -562,9 +565,9 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
     (``plain.exact_r2``; for a given teacher, whose outputs ``y`` are, as close as its error allows) with at
     most one unsnapped constant, also `discover_formula`. The better on the
     held-out rows (the plain search's validation rows, the first ``plain.validation_fraction``) wins:
-    higher R^2, or on a tie (1e-9, or both exact) fewer free constants and operations. As with `discover_formula`, a
-    formula that is not finite on every row or scores below ``plain.min_r2`` is never returned (none is:
-    `FloatingPointError`)."""
+    higher R^2, or on a tie (1e-9, or both exact) fewer free constants and operations; a near-exact winner is
+    snapped once more (``snap_share``). As with `discover_formula`, a formula that is not finite on every row
+    or scores below ``plain.min_r2`` is never returned (none is: `FloatingPointError`)."""
     config = config or TeacherDiscoverConfig()
     plain_config = DiscoverConfig(**{**config.plain.__dict__})
     start = time.monotonic()
@@ -573,6 +576,7 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
     n_val = max(1, int(plain_config.validation_fraction * x.shape[0]))
     xs, ys = x.double().numpy(), y.reshape(-1).double().numpy()
     found, exact, given = None, plain_config.exact_r2, teacher
+    floor = snap_floor(given.error, y.reshape(-1)) if given is not None and given.error else 1e-8
     try:
         if teacher is not None:  # y is the teacher's outputs: no formula matches them closer than its error
             exact = min(exact, 1 - snap_floor(config.solve.factor * teacher.error, y.reshape(-1)))
@@ -580,7 +584,6 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
         teacher = teacher or fit_teacher(x, y, features, steps=config.teacher_steps, seed=plain_config.seed)
         rows = Rows(x[n_val:], y.reshape(-1)[n_val:], 0.0 if given is None else given.error)
         solution = solve(teacher, features, config.solve, solve_deadline, rows)
-        floor = snap_floor(rows.error, y.reshape(-1)) if rows.error else 1e-8
         # snapped within the whole budget, not the recursion's: a near-exact formula is worth the time
         expr = snap_constants(solution.expression, features, xs[n_val:], ys[n_val:], floor=floor, deadline=deadline)
         expr = canonical_on_data(expr, features, xs)
@@ -589,11 +592,21 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
             found = Discovery(Extraction(list(features), [expr]), "teacher recursion", r2, {"teacher recursion": r2})
     except (FloatingPointError, FormulaError) as err:
         logger.info("discover_with_teacher: the recursion found nothing (%s)", err)
+    best = _choose(found, x, y, features, plain_config, exact, config.solve.min_leaf_seconds, deadline)
+    if config.seconds is None:
+        return best  # the searches snapped without a deadline
+    return _snap_again(best, features, xs, ys, n_val, floor, config.snap_share * config.seconds)
+
+
+def _choose(found: Discovery | None, x: torch.Tensor, y: torch.Tensor, features: list[str],
+            plain_config: DiscoverConfig, exact: float, min_leaf_seconds: float,
+            deadline: float | None) -> Discovery:  # fmt: skip
+    """The recursion's formula (``found``), or the plain search's when that is better (`discover_with_teacher`)."""
     if found is not None and found.r2_validation >= exact and _complexity(found.expression)[0] <= 1:
         return found  # exact with at most one free constant: the plain search cannot do better
     if deadline is not None:
         plain_config.seconds = max(deadline - time.monotonic(), 0.0)
-        if found is not None and plain_config.seconds < config.solve.min_leaf_seconds * len(features):
+        if found is not None and plain_config.seconds < min_leaf_seconds * len(features):
             return found  # the plain search's first student runs to its end: not started without time for it
     try:
         plain = discover_formula(x, y, features, plain_config)
@@ -609,3 +622,29 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
     if abs(found.r2_validation - plain.r2_validation) > 1e-9 and not both_exact:
         return found if found.r2_validation > plain.r2_validation else plain
     return found if _complexity(found.expression) < _complexity(plain.expression) else plain
+
+
+def _snap_again(found: Discovery, features: list[str], xs: np.ndarray, ys: np.ndarray, n_val: int, floor: float,
+                seconds: float, near_exact: float = 1e-4) -> Discovery:  # fmt: skip
+    """``found`` with its constants snapped once more (`snap_constants` on the rows after the first ``n_val``,
+    for ``seconds``) when its held-out R^2 is within ``near_exact`` of 1 and it keeps free constants: the
+    searches' snapping stops at their deadline, which can leave ``0.0531 a^2 q^2 / (c^3 (10 eps + 0.011)^1.0005)``
+    for ``a^2 q^2 / (6 pi eps c^3)``. Kept if simpler and as close on the held-out rows (to the R^2 growth
+    `snap_constants` allows)."""
+    if seconds <= 0 or found.r2_validation < 1 - near_exact or _complexity(found.expression)[0] == 0:
+        return found
+    expr = snap_constants(found.expression, features, xs[n_val:], ys[n_val:], floor=floor,
+                          deadline=time.monotonic() + seconds)  # fmt: skip
+    expr = canonical_on_data(expr, features, xs)
+    if _complexity(expr) >= _complexity(found.expression):
+        return found
+    try:
+        on_rows, r2 = evaluate(expr, features, xs), _r2(evaluate(expr, features, xs[:n_val]), ys[:n_val])
+    except FormulaError:
+        return found
+    if not np.all(np.isfinite(on_rows)) or 1 - r2 > max(5 * (1 - found.r2_validation), floor):
+        return found
+    logger.info("discover_with_teacher: snapped once more to %s (held-out R^2 %.9f)", expr, r2)
+    found.extraction.expressions[0] = expr
+    found.r2_validation = r2
+    return found

@@ -6,13 +6,15 @@ import pytest
 import sympy
 import torch
 
-from distill.discover import DiscoverConfig
+from distill.discover import DiscoverConfig, Discovery
+from distill.extract import Extraction
 from distill.recursive import (
     Rows,
     SolveConfig,
     TeacherDiscoverConfig,
     discover_with_teacher,
     polynomial,
+    _snap_again,
     remainder_rows,
     solve,
 )
@@ -29,6 +31,29 @@ def test_exp_sin_plus_square_times_z_is_recovered_exactly_through_two_multiplica
     assert sympy.simplify(found.expression - sympy.exp(sympy.sin(sympy.pi * x) + y**2) * z) == 0
     assert found.r2 > 1 - 1e-9
     assert [s.strip() for s in found.steps] == ["multiplicative: ['x'] | ['y', 'z']", "multiplicative: ['y'] | ['z']"]
+
+
+def test_a_product_that_crosses_zero_splits_and_is_solved_exactly():
+    """Feynman II.15.4, -m B cos(theta) on 1 <= theta <= 5: no logarithm of its size, yet a product of parts."""
+    teacher = BoxTeacher(lambda x: -x[:, 0] * x[:, 1] * torch.cos(x[:, 2]), [1, 1, 1], [5, 5, 5], error=0.0)
+    found = solve(teacher, ["m", "B", "theta"], SolveConfig(seed=0))
+    m, b, theta = sympy.symbols("m B theta", real=True)
+    assert sympy.simplify(found.expression + m * b * sympy.cos(theta)) == 0
+    assert any("multiplicative" in s for s in found.steps)
+
+
+def test_a_near_exact_formula_left_unsnapped_is_snapped_once_more():
+    """A search's snapping stops at its deadline; the winner's floats then get a last pass (Feynman I.32.5)."""
+    x = 1 + 4 * torch.rand(500, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a, q, eps = sympy.symbols("a q epsilon", real=True)
+    truth = a**2 * q**2 / (6 * sympy.pi * eps)
+    y = (x[:, 0] ** 2 * x[:, 1] ** 2 / (6 * math.pi * x[:, 2])).numpy()
+    near = sympy.Float(0.5317) * a**2 * q**2 / (10 * eps + sympy.Float(0.0113)) ** sympy.Float(1.0005)
+    found = Discovery(Extraction(["a", "q", "epsilon"], [near]), "log [3, 1]", 1 - 1e-9, {})
+    snapped = _snap_again(found, ["a", "q", "epsilon"], x.numpy(), y, 100, 1e-8, seconds=60)
+    ratio = sympy.simplify(snapped.expression / truth)
+    assert not ratio.free_symbols and abs(float(ratio) - 1) < 1e-6  # only the overall scale is left a float
+    assert snapped.r2_validation > 1 - 1e-12
 
 
 def test_a_symmetry_becomes_one_new_input_and_is_substituted_back():
