@@ -85,7 +85,15 @@ def canonical_on_data(expr: sympy.Expr, features: list[str], x: np.ndarray, max_
 
 def resolve_signs(expr: sympy.Expr, features: list[str], x: np.ndarray) -> sympy.Expr:
     """Each ``Abs(a)`` whose argument keeps one sign on every row of ``x`` ``(batch, n)`` as ``a`` or ``-a``:
-    ``sqrt(m**2)`` of a real ``m`` is ``Abs(m)``, which is just ``m`` for a mass."""
+    ``sqrt(m**2)`` of a real ``m`` is ``Abs(m)``, which is just ``m`` for a mass. A square root of a small
+    rational function is factored first, so that a perfect square shows: ``sqrt(1 - 2*v/c + v**2/c**2)`` is
+    ``Abs(c - v)/Abs(c)``, which is ``(c - v)/c`` where ``v < c``."""
+
+    def root(node: sympy.Pow) -> sympy.Expr:
+        if sympy.count_ops(node.base) > 20 or not node.base.is_rational_function():
+            return node
+        factored = sympy.Pow(sympy.factor(node.base), node.exp)
+        return factored if factored.has(sympy.Abs) else node
 
     def unsigned(node: sympy.Abs) -> sympy.Expr:
         try:
@@ -99,6 +107,8 @@ def resolve_signs(expr: sympy.Expr, features: list[str], x: np.ndarray) -> sympy
             return -node.args[0]
         return node
 
+    halves = (sympy.Rational(1, 2), sympy.Rational(-1, 2))
+    expr = expr.replace(lambda e: isinstance(e, sympy.Pow) and e.exp in halves and e.base.free_symbols, root)
     return expr.replace(lambda e: isinstance(e, sympy.Abs), unsigned)
 
 

@@ -17,6 +17,7 @@ ratios of exponentials as ``tanh``, the shortest simplification).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -134,14 +135,15 @@ def discover_formula(
         forward = {"identity": lambda t: t, "log": torch.log, "log(-y)": lambda t: torch.log(-t)}[transform]
         model = KAN(width, grid=config.grid, seed=config.seed)
         fit, val = (y_fit[:, 0] * sign > 0, y_val[:, 0] * sign > 0) if sign else (slice(None), slice(None))
+        scale = _decade(forward(y_fit[fit]))
         try:
-            model = sparse_fit(model, x_fit[fit], forward(y_fit[fit]), config.schedule, deadline)
+            model = sparse_fit(model, x_fit[fit], scale * forward(y_fit[fit]), config.schedule, deadline)
             extraction = extract_formula(
                 model,
                 x_fit[fit],
                 features,
                 x_val[val],
-                forward(y_val[val]),
+                scale * forward(y_val[val]),
                 fit_constants_to="teacher",
                 refit_steps=10,
                 complexity_weight=config.complexity_weight,
@@ -155,6 +157,7 @@ def discover_formula(
             logger.warning("%s target: no formula (%s)", transform, err)
             continue
         last_seconds = time.monotonic() - started
+        extraction.expressions = [e / scale for e in extraction.expressions]
         if transform != "identity":
             extraction.expressions = [sign * sympy.exp(e) for e in extraction.expressions]
         with np.errstate(all="ignore"):
@@ -175,6 +178,14 @@ def discover_formula(
                                  f"{config.min_r2} ({scores})")  # fmt: skip
     best.extraction.expressions[0] = canonical_on_data(best.expression, features, x_val.double().numpy())
     return best
+
+
+def _decade(target: torch.Tensor) -> int:
+    """The power of ten (at least 1) that brings the spread of ``target`` to at least 1: the sparsity penalty
+    and the pruning thresholds are absolute, so the small parts of a small target (``1 / f^2`` of
+    ``v / sqrt(1 - v^2 / c^2)``, about ``0.1 / v^2 - 0.1 / c^2``) would be pruned as noise."""
+    spread = float(target.double().std())
+    return 10 ** max(0, math.ceil(-math.log10(spread))) if 0 < spread < 1 else 1
 
 
 def _sign(y: torch.Tensor, margin: float, share: float = 0.9) -> int:

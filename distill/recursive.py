@@ -4,7 +4,8 @@
 ignores an input (then drops it), depends on two inputs only through ``x_i - x_j``, ``x_i + x_j``,
 ``x_i / x_j`` or ``x_i x_j`` (then replaces them by one new input), or splits as ``g(x_A) h(x_B)`` or
 as ``g(x_A) + h(x_B)``, also after a simple outer function (``f^2``, ``1 / f``), then solves ``g`` and
-``h`` as sub-problems: the teacher with the other inputs held at the box's centre. Each sub-problem
+``h`` as sub-problems: the teacher with the other inputs held at the box's centre (for a product, a point
+where ``f`` is not near 0). Each sub-problem
 is solved the same way, down to a leaf that a small KAN student solves
 (`distill.discover.discover_formula`). The parts are composed, the whole formula's constants are
 refitted and snapped against the teacher (`distill.extract.snap_constants`), and it is kept only if
@@ -281,7 +282,8 @@ class _Solver:
         within the teacher's tolerance, and with rows within ``growth`` times the closest one's RMSE, the
         shortest wins, else the closest. The search stops early at a formula as close as the target's own
         error (the teacher's, or the rows'): the student search counts it as exact, and a richer candidate
-        must win by more than the ``1 - R^2`` it accounts for."""
+        must win by more than the ``1 - R^2`` it accounts for. A formula that close with more than two free constants
+        (a polynomial can bend to fit a teacher's slice of ``a / r + b``) does not stop the search."""
         x, y = self.data(teacher, 0, rows)
         if float(y.std()) <= self.config.floor * max(float(y.abs().max()), 1e-30):
             return sympy.Float(float(y.mean()))
@@ -302,8 +304,8 @@ class _Solver:
         leaf = self.config.leaf
         passes = [{"hidden": None, "deep": False}] + ([{"additive": False}] if leaf.hidden else [])
         for (name, forward, inverse), shape in [(o, p) for p in passes for o in outers]:
-            if min((r for _, r in found), default=np.inf) <= close:
-                break  # as close as the target's own error: no other transform can do better
+            if any(r <= close and _complexity(e)[0] <= 2 for e, r in found):
+                break  # as close as the target's own error, and short: no other transform can do better
             seconds = None if self.deadline is None else self.deadline - time.monotonic()
             if seconds is not None and seconds < self.config.min_leaf_seconds * len(names):
                 break  # a student's first candidate runs to its end: not started without time for it
@@ -400,7 +402,7 @@ class _Solver:
         if teacher.n < 2:
             return None
         centre = (teacher.low + teacher.high) / 2
-        typical = float(teacher(teacher.sample(test["points"], test["seed"])).abs().median())
+        bases = {"f": centre, "multiplicative": _product_base(teacher, test["points"], test["seed"])}
         views = [("multiplicative", teacher, multiplicative_split, lambda g, h, f0: g * h / f0, "f"),
                  ("additive", teacher, additive_split, lambda g, h, f0: g + h - f0, "f")]  # fmt: skip
         if keeps_sign(teacher, test["points"], test["seed"]):
@@ -421,29 +423,42 @@ class _Solver:
                 rest = [k for k in range(teacher.n) if k not in part]
                 part_names, rest_names = [names[k] for k in part], [names[k] for k in rest]
                 self.note(depth, f"{kind}: {part_names} | {rest_names}")
-                f0 = sympy.Float(float(view(centre[None])[0]))
-                if kind == "multiplicative" and abs(float(f0)) < 0.2 * typical:
-                    continue  # f = g h / f0 through the centre needs g and h well away from 0 there
-                g = self.solve(restrict(view, list(part), centre), part_names, depth + 1)
+                base = bases.get(kind, centre)
+                f0 = sympy.Float(float(view(base[None])[0]))
+                g = self.solve(restrict(view, list(part), base), part_names, depth + 1)
                 if g is None:
                     continue
                 view_rows = None if rows is None else rows if outer_kind == "f" else outer_rows(rows, outer_kind)
                 rest_rows = (
                     None if rows is None else remainder_rows(view_rows, g, part_names, list(part), rest, kind, f0)
                 )
-                h = self.solve(restrict(view, rest, centre), rest_names, depth + 1, rest_rows)
+                h = self.solve(restrict(view, rest, base), rest_names, depth + 1, rest_rows)
                 if h is None:
                     continue
                 parts = [g]
                 if rest_rows is not None:  # g again, on what the rows leave once h is taken out: no slice's error
                     g_rows = remainder_rows(view_rows, h, rest_names, rest, list(part), kind, f0)
-                    again = self.solve(restrict(view, list(part), centre), part_names, depth + 1, g_rows)
+                    again = self.solve(restrict(view, list(part), base), part_names, depth + 1, g_rows)
                     parts = [again, g] if again is not None and again != g else parts
                 for g_part in parts:
                     expr = self.refit(combine(g_part, h, f0), teacher, names, rows)
                     if self.accepts(expr, teacher, names, rows):
                         return expr
         return None
+
+
+def _product_base(teacher: BoxTeacher, points: int, seed: int) -> torch.Tensor:
+    """The point ``(n,)`` where a product split ``f = g h / f0`` holds the other inputs: the box's centre, unless
+    ``f`` is near 0 there (below a fifth of its median size; ``1 / r2 - 1 / r1`` at ``r1 = r2``), where the
+    slices would be too; then the sampled point nearest the centre among those where ``|f|`` is above its median."""
+    centre = (teacher.low + teacher.high) / 2
+    x = teacher.sample(points, seed)
+    size = teacher(x).abs()
+    if float(teacher(centre[None]).abs()[0]) >= 0.2 * float(size.median()):
+        return centre
+    distance = ((x - centre) / (teacher.high - teacher.low).clamp_min(1e-30)).square().sum(1)
+    distance[size < size.median()] = float("inf")
+    return x[int(distance.argmin())]
 
 
 def outer_rows(rows: Rows, kind: str) -> Rows:

@@ -93,6 +93,9 @@ def test_canonical_on_data_drops_an_abs_whose_argument_keeps_its_sign_on_the_row
     assert equivalent_up_to_constant(found, w / (1 - v / c))
     negative = canonical_on_data(sympy.Abs(w - 3), ["c", "omega_0", "v"], x)  # w - 3 changes sign: kept
     assert negative.has(sympy.Abs)
+    # Feynman II.21.32 came out with sqrt(1 - 2 v / c + v^2 / c^2): a perfect square, |1 - v / c|, and v < c
+    square = canonical_on_data(w / sympy.sqrt(1 - 2 * v / c + v**2 / c**2), ["c", "omega_0", "v"], x)
+    assert sympy.simplify(square - w * c / (c - v)) == 0
 
 
 def test_canonical_form_folds_a_float_times_a_constant_function_into_one_number():

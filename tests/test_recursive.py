@@ -12,9 +12,9 @@ from distill.recursive import (
     Rows,
     SolveConfig,
     TeacherDiscoverConfig,
+    _snap_again,
     discover_with_teacher,
     polynomial,
-    _snap_again,
     remainder_rows,
     solve,
 )
