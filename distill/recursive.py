@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import combinations_with_replacement
 
@@ -44,6 +45,7 @@ from distill.separability import (
     irrelevant,
     keeps_sign,
     multiplicative_split,
+    product_offset,
     splits,
     symmetry,
     symmetry_gradient_residual,
@@ -395,24 +397,14 @@ class _Solver:
     def split(self, teacher: BoxTeacher, names: list[str], depth: int, test: dict,
               rows: Rows | None = None) -> sympy.Expr | None:  # fmt: skip
         """``g(x_A) h(x_B)``, or ``g(x_A) + h(x_B)`` of ``f``, of ``f^2`` or of ``1 / f`` (a simple outer
-        function). ``g``, the smaller part, is solved on the teacher; with rows, ``h`` is then solved on what
-        the rows leave once ``g`` is divided out or subtracted (exact when ``g`` is), and ``g`` once more on
-        what they leave once ``h`` is (a slice of the teacher holds the other inputs at one point, where its
-        error can be larger than on the rows)."""
+        function), or ``c + g(x_A) h(x_B)`` (`views`). ``g``, the smaller part, is solved on the teacher; with
+        rows, ``h`` is then solved on what the rows leave once ``g`` is divided out or subtracted (exact when
+        ``g`` is), and ``g`` once more on what they leave once ``h`` is (a slice of the teacher holds the other
+        inputs at one point, where its error can be larger than on the rows)."""
         if teacher.n < 2:
             return None
         centre = (teacher.low + teacher.high) / 2
-        bases = {"f": centre, "multiplicative": _product_base(teacher, test["points"], test["seed"])}
-        views = [("multiplicative", teacher, multiplicative_split, lambda g, h, f0: g * h / f0, "f"),
-                 ("additive", teacher, additive_split, lambda g, h, f0: g + h - f0, "f")]  # fmt: skip
-        if keeps_sign(teacher, test["points"], test["seed"]):
-            positive = bool((teacher(centre[None]) > 0).all())
-            if positive:
-                views.append(("additive in f^2", outer(teacher, "square"), additive_split,
-                              lambda g, h, f0: sympy.sqrt(g + h - f0), "square"))  # fmt: skip
-            views.append(("additive in 1/f", outer(teacher, "reciprocal"), additive_split,
-                          lambda g, h, f0: 1 / (g + h - f0), "reciprocal"))  # fmt: skip
-        for kind, view, check, combine, outer_kind in views:  # a plain product or sum anywhere before an outer function
+        for kind, view, check, combine, outer_kind in self.views(teacher, test):
             tries = 0
             for part in splits(teacher.n):
                 if self.out_of_time() or tries >= self.config.max_tries:
@@ -423,21 +415,23 @@ class _Solver:
                 rest = [k for k in range(teacher.n) if k not in part]
                 part_names, rest_names = [names[k] for k in part], [names[k] for k in rest]
                 self.note(depth, f"{kind}: {part_names} | {rest_names}")
-                base = bases.get(kind, centre)
+                product = kind.startswith("multiplicative")
+                base = _product_base(view, test["points"], test["seed"]) if product else centre
                 f0 = sympy.Float(float(view(base[None])[0]))
                 g = self.solve(restrict(view, list(part), base), part_names, depth + 1)
                 if g is None:
                     continue
-                view_rows = None if rows is None else rows if outer_kind == "f" else outer_rows(rows, outer_kind)
+                view_rows = None if rows is None else rows if outer_kind == "f" else outer_rows(rows, *outer_kind)
+                split_kind = "multiplicative" if product else "additive"
                 rest_rows = (
-                    None if rows is None else remainder_rows(view_rows, g, part_names, list(part), rest, kind, f0)
+                    None if rows is None else remainder_rows(view_rows, g, part_names, list(part), rest, split_kind, f0)
                 )
                 h = self.solve(restrict(view, rest, base), rest_names, depth + 1, rest_rows)
                 if h is None:
                     continue
                 parts = [g]
                 if rest_rows is not None:  # g again, on what the rows leave once h is taken out: no slice's error
-                    g_rows = remainder_rows(view_rows, h, rest_names, rest, list(part), kind, f0)
+                    g_rows = remainder_rows(view_rows, h, rest_names, rest, list(part), split_kind, f0)
                     again = self.solve(restrict(view, list(part), base), part_names, depth + 1, g_rows)
                     parts = [again, g] if again is not None and again != g else parts
                 for g_part in parts:
@@ -445,6 +439,40 @@ class _Solver:
                     if self.accepts(expr, teacher, names, rows):
                         return expr
         return None
+
+
+    def views(self, teacher: BoxTeacher, test: dict) -> Iterator[tuple]:
+        """The views `split` tries, lazily, each as ``(kind, view, check, combine, outer_kind)``: ``f`` as a product,
+        as a sum; where ``f`` keeps its sign, ``f^2`` (for a positive ``f``) and ``1 / f`` as sums; last
+        ``f - c`` as a product, for the first split part whose `product_offset` ``c`` makes one."""
+        yield "multiplicative", teacher, multiplicative_split, lambda g, h, f0: g * h / f0, "f"
+        yield "additive", teacher, additive_split, lambda g, h, f0: g + h - f0, "f"
+        if keeps_sign(teacher, test["points"], test["seed"]):
+            if bool((teacher((teacher.low + teacher.high)[None] / 2) > 0).all()):
+                yield ("additive in f^2", outer(teacher, "square"), additive_split,
+                       lambda g, h, f0: sympy.sqrt(g + h - f0), ("square",))  # fmt: skip
+            yield ("additive in 1/f", outer(teacher, "reciprocal"), additive_split,
+                   lambda g, h, f0: 1 / (g + h - f0), ("reciprocal",))  # fmt: skip
+        size = float(teacher(teacher.sample(test["points"], test["seed"])).abs().median())
+        for part in splits(teacher.n):
+            if self.out_of_time():
+                return
+            c = product_offset(teacher, part, test["points"], test["seed"])
+            if not np.isfinite(c) or abs(c) <= max(test["factor"] * teacher.error, 1e-3 * size):
+                continue
+            shifted = outer(teacher, "shift", offset=c)
+            if multiplicative_split(shifted, part, **test).holds:
+                c = _simple_number(c, test["factor"] * teacher.error)
+                yield ("multiplicative in f - c", outer(teacher, "shift", offset=float(c)), multiplicative_split,
+                       lambda g, h, f0, c=c: c + g * h / f0, ("shift", float(c)))  # fmt: skip
+                return
+
+
+def _simple_number(value: float, tolerance: float) -> sympy.Expr:
+    """The integer nearest ``value`` if within ``tolerance`` (at least float32 resolution), else ``value``."""
+    nearest = round(value)
+    close = abs(value - nearest) <= max(tolerance, 1e-6 * max(abs(value), 1.0))
+    return sympy.Integer(nearest) if close else sympy.Float(value)
 
 
 def _product_base(teacher: BoxTeacher, points: int, seed: int) -> torch.Tensor:
@@ -461,14 +489,17 @@ def _product_base(teacher: BoxTeacher, points: int, seed: int) -> torch.Tensor:
     return x[int(distance.argmin())]
 
 
-def outer_rows(rows: Rows, kind: str) -> Rows:
-    """The rows of ``f^2`` (``kind="square"``) or ``1 / f`` (``"reciprocal"``), their error scaled as `outer` does."""
+def outer_rows(rows: Rows, kind: str, offset: float = 0.0) -> Rows:
+    """The rows of ``f^2`` (``kind="square"``), ``1 / f`` (``"reciprocal"``) or ``f - offset`` (``"shift"``), their
+    error scaled as `outer` does."""
     y = rows.y.double()
+    if kind == "shift":
+        return Rows(rows.x, (y - offset).float(), rows.error)
     if kind == "square":
         return Rows(rows.x, y.square().float(), rows.error * 2 * float(y.abs().median()))
     if kind == "reciprocal":
         return Rows(rows.x, y.reciprocal().float(), rows.error / float(y.abs().median()) ** 2)
-    raise ValueError(f"outer_rows: kind must be 'square' or 'reciprocal', got {kind!r}")
+    raise ValueError(f"outer_rows: kind must be 'square', 'reciprocal' or 'shift', got {kind!r}")
 
 
 def remainder_rows(rows: Rows, g: sympy.Expr, g_names: list[str], part: list[int], rest: list[int], kind: str,
@@ -501,10 +532,12 @@ def snap_floor(tolerance: float, y: torch.Tensor, cap: float = 1e-3) -> float:
     return min((tolerance / max(float(y.std()), 1e-300)) ** 2, cap)
 
 
-def outer(teacher: BoxTeacher, kind: str, points: int = 256, seed: int = 0) -> BoxTeacher:
-    """``f^2`` (``kind="square"``) or ``1 / f`` (``"reciprocal"``) as a teacher; its error is the teacher's
-    times the outer function's median slope over sampled values (its largest would make every test pass
-    where ``f`` is small; a wrong split is caught when the composed formula is checked)."""
+def outer(teacher: BoxTeacher, kind: str, points: int = 256, seed: int = 0, offset: float = 0.0) -> BoxTeacher:
+    """``f^2`` (``kind="square"``), ``1 / f`` (``"reciprocal"``) or ``f - offset`` (``"shift"``) as a teacher; its
+    error is the teacher's times the outer function's median slope over sampled values (its largest would make
+    every test pass where ``f`` is small; a wrong split is caught when the composed formula is checked)."""
+    if kind == "shift":
+        return BoxTeacher(lambda x: teacher.fn(x).reshape(-1) - offset, teacher.low, teacher.high, teacher.error)
     f = teacher(teacher.sample(points, seed)).abs()
     if kind == "square":
         return BoxTeacher(lambda x: teacher.fn(x).reshape(-1).square(), teacher.low, teacher.high,
@@ -512,7 +545,7 @@ def outer(teacher: BoxTeacher, kind: str, points: int = 256, seed: int = 0) -> B
     if kind == "reciprocal":
         return BoxTeacher(lambda x: teacher.fn(x).reshape(-1).reciprocal(), teacher.low, teacher.high,
                           teacher.error / float(f.median()) ** 2)  # fmt: skip
-    raise ValueError(f"outer: kind must be 'square' or 'reciprocal', got {kind!r}")
+    raise ValueError(f"outer: kind must be 'square', 'reciprocal' or 'shift', got {kind!r}")
 
 
 def solve(teacher: BoxTeacher, features: list[str], config: SolveConfig | None = None,

@@ -10,7 +10,8 @@ off by ``error`` is about ``2 error``, while a real dependence is of the size of
 
 - additive separability, ``f = g(x_A) + h(x_B)``: ``f(a, b) + f(a', b') - f(a, b') - f(a', b) = 0``;
 - multiplicative separability, the same on ``log |f|`` where ``f`` keeps its sign well away from 0 (the
-  error becomes ``error / |f|`` there), else ``f(a, b) f(a', b') - f(a, b') f(a', b) = 0``;
+  error becomes ``error / |f|`` there), else ``f(a, b) f(a', b') - f(a, b') f(a', b) = 0``; after an
+  offset (``f - c = g h``), with ``c`` from :func:`product_offset`;
 - symmetries, ``f`` depends on ``x_i - x_j`` (or ``x_i + x_j``, ``x_i / x_j``, ``x_i x_j``) only:
   moving both inputs along the curve that keeps the combination fixed does not change ``f``;
 - an irrelevant input: redrawing ``x_i`` does not change ``f``.
@@ -127,6 +128,16 @@ def multiplicative_split(teacher: BoxTeacher, part: Sequence[int], points: int =
         residual = f[0] * f[1] - f[2] * f[3]
         scale = noise * f.square().sum(0).sqrt().clamp_min(noise)
     return _verdict(name, _rms(residual / scale), factor)
+
+
+def product_offset(teacher: BoxTeacher, part: Sequence[int], points: int = 256, seed: int = 0) -> float:
+    """The constant ``c`` for which ``f - c = g(x_part) h(x_rest)`` fits best (least squares). For such an ``f``,
+    ``f(a, b) f(a', b') - f(a, b') f(a', b)`` is ``c`` times ``f(a, b) + f(a', b') - f(a, b') - f(a', b)``:
+    ``beta (1 + alpha cos(theta))`` is no product of parts of its inputs, but ``f - beta`` is. Test the
+    split on ``f - c`` with :func:`multiplicative_split`."""
+    f = _mixed(teacher, part, points, seed)
+    plus, times = f[0] + f[1] - f[2] - f[3], f[0] * f[1] - f[2] * f[3]
+    return float((plus * times).sum() / (plus * plus).sum().clamp_min(1e-300))
 
 
 def move_pair(x: torch.Tensor, i: int, j: int, kind: str, step: torch.Tensor) -> torch.Tensor:

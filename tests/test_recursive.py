@@ -42,6 +42,16 @@ def test_a_product_that_crosses_zero_splits_and_is_solved_exactly():
     assert any("multiplicative" in s for s in found.steps)
 
 
+def test_a_product_after_an_offset_is_split_and_solved_exactly():
+    """Feynman III.17.37, beta (1 + alpha cos(theta)): the part in alpha and theta is no product, but it is one
+    after subtracting a constant (`product_offset`), here 1 times the scale the beta split leaves."""
+    teacher = BoxTeacher(lambda x: x[:, 0] * (1 + x[:, 1] * torch.cos(x[:, 2])), [1, 1, 1], [5, 5, 5], error=0.0)
+    found = solve(teacher, ["beta", "alpha", "theta"], SolveConfig(seed=0))
+    beta, alpha, theta = sympy.symbols("beta alpha theta", real=True)
+    assert sympy.simplify(found.expression - beta * (1 + alpha * sympy.cos(theta))) == 0
+    assert any("multiplicative in f - c" in s for s in found.steps)
+
+
 def test_a_near_exact_formula_left_unsnapped_is_snapped_once_more():
     """A search's snapping stops at its deadline; the winner's floats then get a last pass (Feynman I.32.5)."""
     x = 1 + 4 * torch.rand(500, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from distill.recursive import fit_teacher, merge_pair, restrict
+from distill.recursive import fit_teacher, merge_pair, outer, restrict
 from distill.separability import (
     BoxTeacher,
     additive_split,
     irrelevant,
     multiplicative_split,
+    product_offset,
     splits,
     symmetry,
     symmetry_gradient_residual,
@@ -76,3 +77,12 @@ def test_a_bad_box_is_refused():
         BoxTeacher(math.sin, [1.0, 0.0], [0.0, 1.0], error=0.0)
     with pytest.raises(ValueError, match="error"):
         BoxTeacher(math.sin, [0.0], [1.0], error=float("nan"))
+
+
+def test_the_offset_that_makes_a_product_is_estimated_on_an_mlp_teacher():
+    """f = 2 + x cos(y) is no product of parts; f - 2 is, and `product_offset` finds the 2 from the teacher."""
+    teacher = mlp_teacher(lambda x: 2 + x[:, 0] * torch.cos(x[:, 1]), 1.0, 3.0, 2)
+    c = product_offset(teacher, (0,))
+    assert abs(c - 2) < 0.05
+    assert not multiplicative_split(teacher, (0,)).holds
+    assert multiplicative_split(outer(teacher, "shift", offset=c), (0,)).holds
