@@ -55,6 +55,8 @@ MAX_OPS_TO_SIMPLIFY = 500
 def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: np.ndarray) -> bool:
     """SRBench's rule: ``found - truth`` or ``found / truth`` simplifies to a constant, in some common
     form (`distill.canonical.equivalent_up_to_constant`: as written, canonical, or rewritten with ``exp``).
+    A variable positive on every row of ``x`` is positive for sympy too: ``-n log(V1 / V2)`` is
+    ``n log(V2 / V1)`` only for positive volumes.
 
     Evaluated by `distill.formula.evaluate` (no generated code); a formula of more than
     ``MAX_OPS_TO_SIMPLIFY`` operations is not simplified (sympy could take hours) and counts as not recovered.
@@ -70,7 +72,9 @@ def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: 
     close_ratio = np.all(np.isfinite(ratio)) and np.ptp(ratio) <= 1e-6 * max(abs(np.median(ratio)), 1e-12)
     if not (close_diff or close_ratio):
         return False
-    return equivalent_up_to_constant(found, truth)
+    positive = {sympy.Symbol(v, real=True): sympy.Symbol(v, positive=True)
+                for k, v in enumerate(variables) if np.all(x[:, k] > 0)}  # fmt: skip
+    return equivalent_up_to_constant(found.xreplace(positive), truth.xreplace(positive))
 
 
 def read_feynman_csv(path: str | Path = DEFAULT_CSV) -> list[FeynmanEquation]:

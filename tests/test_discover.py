@@ -66,6 +66,10 @@ def test_the_recovery_check_accepts_an_exponential_ratio_for_tanh():
     assert is_recovered(found + 1, sympy.tanh(2 * x - y), ["x", "y"], points)  # up to an added constant
     assert is_recovered(3 * found, sympy.tanh(2 * x - y), ["x", "y"], points)  # or a constant factor
     assert not is_recovered(found, sympy.tanh(2 * x + y), ["x", "y"], points)
+    # Feynman I.44.4 found as -n log(V1 / V2) for n log(V2 / V1): equal for the positive volumes sampled
+    n, v1, v2 = sympy.symbols("n V1 V2", real=True)
+    volumes = np.random.default_rng(0).uniform(1, 5, size=(100, 3))
+    assert is_recovered(-n * sympy.log(v1 / v2), n * sympy.log(v2 / v1), ["n", "V1", "V2"], volumes)
     assert equivalent_up_to_constant(
         sympy.tanh(x - y) + 2, (sympy.exp(2 * x) - sympy.exp(2 * y)) / (sympy.exp(2 * x) + sympy.exp(2 * y))
     )
