@@ -25,6 +25,7 @@ not exact, the recursion through an MLP teacher fitted to the data (or the one g
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -277,7 +278,8 @@ class _Solver:
 
     def leaf(self, teacher: BoxTeacher, names: list[str], rows: Rows | None = None) -> sympy.Expr | None:
         """A formula for the teacher (or the rows) on ``f``, ``1 / f``, ``f^2`` and ``1 / f^2`` (the last
-        three where ``f > 0``): a polynomial of degree 2 (AI Feynman's first try; cheap), or failing that a
+        three where ``f > 0``): a polynomial of degree 2 (AI Feynman's first try; cheap; also of ``sin f`` where
+        ``|f| <= pi / 2``, for ``arcsin(lambda / (n d))``), or failing that a
         KAN student's (`discover_formula`, which also tries ``log``) while time is left: additive students
         on every transform first (cheap, and exact for sums such as ``1 / f^2 = 1 / v^2 - 1 / c^2``), then
         ones with a hidden layer. Of the formulas
@@ -294,13 +296,17 @@ class _Solver:
         noise = min((factor * close / float(y.std())) ** 2, 1e-2)
         outers = [o for o in _LEAF_OUTERS if o[0] == "f" or (bool((y > 0).all()) and float(y.max() / y.min()) < 100)]
         found: list[tuple[sympy.Expr, float]] = []
+        polynomials = [(name, forward, inverse, False) for name, forward, inverse in outers]
+        if bool((y.abs() <= math.pi / 2).all()):  # arcsin(u): its sine is a polynomial, in u or (one input) in 1 / u
+            flips = [False, True] if x.shape[1] == 1 and bool((x > 0).all()) else [False]
+            polynomials += [("sin f", torch.sin, sympy.asin, flip) for flip in flips]
         if self.out_of_time():
-            outers = outers[:1]  # the plain polynomial only: the caller falls back on its closest formula
-        for name, forward, inverse in outers:
-            poly = polynomial(x, forward(y), names, deadline=self.deadline)
+            polynomials = polynomials[:1]  # the plain polynomial only: the caller falls back on its closest formula
+        for name, forward, inverse, flip in polynomials:
+            poly = polynomial(1 / x if flip else x, forward(y), names, deadline=self.deadline)
             if poly is None:
                 continue
-            expr = inverse(poly)
+            expr = inverse(poly.xreplace({s: 1 / s for s in _symbols(names)}) if flip else poly)
             found.append((expr, self.rmse(expr, teacher, names, rows)[0]))
             logger.info("leaf %s, polynomial in %s: %s (RMSE %.3g)", names, name, expr, found[-1][1])
         leaf = self.config.leaf

@@ -52,6 +52,14 @@ def test_a_product_after_an_offset_is_split_and_solved_exactly():
     assert any("multiplicative in f - c" in s for s in found.steps)
 
 
+def test_an_arcsin_leaf_is_found_as_a_polynomial_of_its_sine():
+    """Feynman I.30.5, arcsin(lambda / (n d)): after the two merges the leaf's sine is the merged input itself."""
+    teacher = BoxTeacher(lambda x: torch.asin(x[:, 0] / (x[:, 1] * x[:, 2])), [1, 2, 1], [2, 5, 5], error=0.0)
+    found = solve(teacher, ["lambd", "d", "n"], SolveConfig(seed=0))
+    lambd, d, n = sympy.symbols("lambd d n", real=True)
+    assert sympy.simplify(found.expression - sympy.asin(lambd / (d * n))) == 0
+
+
 def test_a_near_exact_formula_left_unsnapped_is_snapped_once_more():
     """A search's snapping stops at its deadline; the winner's floats then get a last pass (Feynman I.32.5)."""
     x = 1 + 4 * torch.rand(500, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
