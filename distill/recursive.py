@@ -286,8 +286,7 @@ class _Solver:
         within the teacher's tolerance, and with rows within ``growth`` times the closest one's RMSE, the
         shortest wins, else the closest. The search stops early at a formula as close as the target's own
         error (the teacher's, or the rows'): the student search counts it as exact, and a richer candidate
-        must win by more than the ``1 - R^2`` it accounts for. A formula that close with more than two free constants
-        (a polynomial can bend to fit a teacher's slice of ``a / r + b``) does not stop the search."""
+        must win by more than the ``1 - R^2`` it accounts for."""
         x, y = self.data(teacher, 0, rows)
         if float(y.std()) <= self.config.floor * max(float(y.abs().max()), 1e-30):
             return sympy.Float(float(y.mean()))
@@ -312,8 +311,8 @@ class _Solver:
         leaf = self.config.leaf
         passes = [{"hidden": None, "deep": False}] + ([{"additive": False}] if leaf.hidden else [])
         for (name, forward, inverse), shape in [(o, p) for p in passes for o in outers]:
-            if any(r <= close and _complexity(e)[0] <= 2 for e, r in found):
-                break  # as close as the target's own error, and short: no other transform can do better
+            if min((r for _, r in found), default=np.inf) <= close:
+                break  # as close as the target's own error: no other transform can do better
             seconds = None if self.deadline is None else self.deadline - time.monotonic()
             if seconds is not None and seconds < self.config.min_leaf_seconds * len(names):
                 break  # a student's first candidate runs to its end: not started without time for it
