@@ -221,13 +221,17 @@ def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _candidates(value: float) -> list[sympy.Expr]:
-    """Simple numbers near ``value``, simplest first."""
+    """Simple numbers near ``value``, simplest first: 0, the nearest integer, fractions and fractions times
+    pi, then fractions over pi."""
     out: list[sympy.Expr] = [sympy.Integer(0), sympy.Integer(round(value))]
     for limit in (2, 3, 4, 6, 10):
         frac = Fraction(value).limit_denominator(limit)
         out.append(sympy.Rational(frac.numerator, frac.denominator))
         frac_pi = Fraction(value / np.pi).limit_denominator(limit)
         out.append(sympy.pi * sympy.Rational(frac_pi.numerator, frac_pi.denominator))
+    for limit in (2, 3, 4, 6, 10):  # last: h / (2 pi) makes 1 / (2 pi) common
+        frac_over_pi = Fraction(value * np.pi).limit_denominator(limit)
+        out.append(sympy.Rational(frac_over_pi.numerator, frac_over_pi.denominator) / sympy.pi)
     unique = [sympy.Integer(0)]  # always worth a try: the fit check decides
     for c in out[1:]:
         if c not in unique and abs(float(c) - value) <= 0.1 * abs(value) + 1e-3:

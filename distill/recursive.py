@@ -293,7 +293,8 @@ class _Solver:
         tolerance, factor = self.tolerance(teacher), self.config.factor
         close = tolerance / factor if rows is None else max(rows.error, self.config.floor * float(y.std()))
         noise = min((factor * close / float(y.std())) ** 2, 1e-2)
-        outers = [o for o in _LEAF_OUTERS if o[0] == "f" or (bool((y > 0).all()) and float(y.max() / y.min()) < 100)]
+        span = 100 if rows is None or rows.error > 0 else 1e4  # 1 / f amplifies an error where f is small
+        outers = [o for o in _LEAF_OUTERS if o[0] == "f" or (bool((y > 0).all()) and float(y.max() / y.min()) < span)]
         found: list[tuple[sympy.Expr, float]] = []
         polynomials = [(name, forward, inverse, False) for name, forward, inverse in outers]
         if bool((y.abs() <= math.pi / 2).all()):  # arcsin(u): its sine is a polynomial, in u or (one input) in 1 / u
@@ -309,8 +310,11 @@ class _Solver:
             found.append((expr, self.rmse(expr, teacher, names, rows)[0]))
             logger.info("leaf %s, polynomial in %s: %s (RMSE %.3g)", names, name, expr, found[-1][1])
         leaf = self.config.leaf
-        passes = [{"hidden": None, "deep": False}] + ([{"additive": False}] if leaf.hidden else [])
-        for (name, forward, inverse), shape in [(o, p) for p in passes for o in outers]:
+        additive = [(o, {"hidden": None, "deep": False}, False) for o in outers]
+        if x.shape[1] == 1 and bool((x > 0).all()):  # 1 / (exp(1 / u) - 1): additive in 1 / u, not in u
+            additive += [(o, {"hidden": None, "deep": False}, True) for o in outers[:2]]
+        hidden = [(o, {"additive": False}, False) for o in outers] if leaf.hidden else []
+        for (name, forward, inverse), shape, flip in additive + hidden:
             if min((r for _, r in found), default=np.inf) <= close:
                 break  # as close as the target's own error: no other transform can do better
             seconds = None if self.deadline is None else self.deadline - time.monotonic()
@@ -321,11 +325,12 @@ class _Solver:
                                        "simplicity_margin": max(leaf.simplicity_margin, noise),
                                        "target_error": close})  # fmt: skip
             try:
-                discovery = discover_formula(x, forward(y), names, config)
+                discovery = discover_formula(1 / x if flip else x, forward(y), names, config)
             except FloatingPointError as err:
                 logger.info("leaf %s on %s: no formula (%s)", names, name, err)
                 continue
-            expr = inverse(discovery.expression)
+            expr = discovery.expression.xreplace({s: 1 / s for s in _symbols(names)}) if flip else discovery.expression
+            expr = inverse(expr)
             found.append((expr, self.rmse(expr, teacher, names, rows)[0]))
             logger.info("leaf %s on %s: %s (RMSE %.3g)", names, name, expr, found[-1][1])
         closest = min((r for _, r in found), default=np.inf)

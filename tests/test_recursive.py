@@ -60,6 +60,15 @@ def test_an_arcsin_leaf_is_found_as_a_polynomial_of_its_sine():
     assert sympy.simplify(found.expression - sympy.asin(lambd / (d * n))) == 0
 
 
+def test_a_leaf_additive_in_the_reciprocal_of_its_input_is_found_exactly():
+    """Feynman III.4.32 after its merges, 1 / (exp(1 / (2 pi u)) - 1): 1 / f is exp of 1 / u, so the additive
+    student on 1 / f is given 1 / u; the 1 / (2 pi) snaps as a fraction over pi."""
+    teacher = BoxTeacher(lambda x: 1 / torch.expm1(1 / (2 * math.pi * x[:, 0])), [0.2], [5.0], error=0.0)
+    found = solve(teacher, ["u"], SolveConfig(seed=0))
+    u = sympy.Symbol("u", real=True)
+    assert sympy.simplify(found.expression - 1 / (sympy.exp(1 / (2 * sympy.pi * u)) - 1)) == 0
+
+
 def test_a_near_exact_formula_left_unsnapped_is_snapped_once_more():
     """A search's snapping stops at its deadline; the winner's floats then get a last pass (Feynman I.32.5)."""
     x = 1 + 4 * torch.rand(500, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
