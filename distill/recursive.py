@@ -3,10 +3,10 @@
 :func:`solve` asks a :class:`~distill.separability.BoxTeacher`, in this order, whether its function
 ignores an input (then drops it), depends on two inputs only through ``x_i - x_j``, ``x_i + x_j``,
 ``x_i / x_j`` or ``x_i x_j`` (then replaces them by one new input), or splits as ``g(x_A) h(x_B)`` or
-as ``g(x_A) + h(x_B)``, also after a simple outer function (``f^2``, ``1 / f``), then solves ``g`` and
-``h`` as sub-problems: the teacher with the other inputs held at the box's centre (for a product, a point
-where ``f`` is not near 0). Each sub-problem
-is solved the same way, down to a leaf that a small KAN student solves
+as ``g(x_A) + h(x_B)``, also after a simple outer function (``f^2``, ``1 / f``) or as ``c + g(x_A) h(x_B)``,
+then solves ``g`` and ``h`` as sub-problems: the teacher with the other inputs held at the box's centre
+(for a product, a point where ``f`` is not near 0). Each sub-problem is solved the same way, down to a
+leaf that a small KAN student solves
 (`distill.discover.discover_formula`). The parts are composed, the whole formula's constants are
 refitted and snapped against the teacher (`distill.extract.snap_constants`), and it is kept only if
 it matches the teacher on fresh points to within the teacher's own error; otherwise the next option

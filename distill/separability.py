@@ -133,8 +133,8 @@ def multiplicative_split(teacher: BoxTeacher, part: Sequence[int], points: int =
 def product_offset(teacher: BoxTeacher, part: Sequence[int], points: int = 256, seed: int = 0) -> float:
     """The constant ``c`` for which ``f - c = g(x_part) h(x_rest)`` fits best (least squares). For such an ``f``,
     ``f(a, b) f(a', b') - f(a, b') f(a', b)`` is ``c`` times ``f(a, b) + f(a', b') - f(a, b') - f(a', b)``:
-    ``beta (1 + alpha cos(theta))`` is no product of parts of its inputs, but ``f - beta`` is. Test the
-    split on ``f - c`` with :func:`multiplicative_split`."""
+    ``1 + alpha cos(theta)`` is no product of a part in ``alpha`` and one in ``theta``, but ``f - 1`` is. Test
+    the split on ``f - c`` with :func:`multiplicative_split`."""
     f = _mixed(teacher, part, points, seed)
     plus, times = f[0] + f[1] - f[2] - f[3], f[0] * f[1] - f[2] * f[3]
     return float((plus * times).sum() / (plus * plus).sum().clamp_min(1e-300))
