@@ -222,16 +222,15 @@ def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
 
 def _candidates(value: float) -> list[sympy.Expr]:
     """Simple numbers near ``value``, simplest first: 0, the nearest integer, fractions and fractions times
-    pi, then fractions over pi."""
+    pi, then ``1 / (k pi)``."""
     out: list[sympy.Expr] = [sympy.Integer(0), sympy.Integer(round(value))]
     for limit in (2, 3, 4, 6, 10):
         frac = Fraction(value).limit_denominator(limit)
         out.append(sympy.Rational(frac.numerator, frac.denominator))
         frac_pi = Fraction(value / np.pi).limit_denominator(limit)
         out.append(sympy.pi * sympy.Rational(frac_pi.numerator, frac_pi.denominator))
-    for limit in (2, 3, 4, 6, 10):  # last: h / (2 pi) makes 1 / (2 pi) common
-        frac_over_pi = Fraction(value * np.pi).limit_denominator(limit)
-        out.append(sympy.Rational(frac_over_pi.numerator, frac_over_pi.denominator) / sympy.pi)
+    sign = -1 if value < 0 else 1  # last, and only 1 / (k pi): h / (2 pi) and 1 / (4 pi epsilon) make them common,
+    out += [sympy.Rational(sign, k) / sympy.pi for k in (1, 2, 4)]  # while n / (k pi) would fit noise
     unique = [sympy.Integer(0)]  # always worth a try: the fit check decides
     for c in out[1:]:
         if c not in unique and abs(float(c) - value) <= 0.1 * abs(value) + 1e-3:
