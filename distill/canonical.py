@@ -150,10 +150,20 @@ def _fold_constants(expr: sympy.Expr) -> sympy.Expr:
 
 
 def cheap_to_simplify(expr: sympy.Expr, max_ops: int = 30) -> bool:
-    """Small, and no trigonometric or hyperbolic functions: ``sympy.simplify`` of ``tan(... atan(...) ...)`` of
-    22 operations was measured at over 4 minutes, and its ``trigsimp`` ran for over a minute on a ``tanh``."""
+    """Small, with no trigonometric or hyperbolic functions and no high powers: ``sympy.simplify`` of
+    ``tan(... atan(...) ...)`` of 22 operations was measured at over 4 minutes, its ``trigsimp`` ran for over a
+    minute on a ``tanh``, and a leaf snapped to ``(4.5*u - 29)**(-59)`` (Feynman I.32.17) stalled it."""
     simple = {sympy.exp, sympy.log, sympy.Abs, sympy.sign}
-    return sympy.count_ops(expr) <= max_ops and all(type(f) in simple for f in expr.atoms(sympy.Function))
+    return (sympy.count_ops(expr) <= max_ops and all(type(f) in simple for f in expr.atoms(sympy.Function))
+            and not has_high_powers(expr))  # fmt: skip
+
+
+def has_high_powers(expr: sympy.Expr, max_power: int = 8, max_digits: int = 15) -> bool:
+    """Does ``expr`` raise a sum to an integer power above ``max_power``, or hold a number of more than
+    ``max_digits`` digits? Expanding such a formula, as simplification and `sympy.together` do, explodes."""
+    powers = (p for p in expr.atoms(sympy.Pow) if p.exp.is_Integer and p.base.is_Add)
+    numbers = (max(abs(r.p), abs(r.q)) for r in expr.atoms(sympy.Rational))
+    return any(abs(int(p.exp)) > max_power for p in powers) or any(n >= 10**max_digits for n in numbers)
 
 
 def _writable(expr: sympy.Expr) -> bool:
@@ -173,7 +183,7 @@ def equivalent_up_to_constant(found: sympy.Expr, truth: sympy.Expr) -> bool:
     (``tanh``, ``cosh``, ... become exponentials); as written. Formulas over
     ``MAX_OPS`` operations count as not equivalent.
     """
-    if sympy.count_ops(found) > MAX_OPS or sympy.count_ops(truth) > MAX_OPS:
+    if sympy.count_ops(found) > MAX_OPS or sympy.count_ops(truth) > MAX_OPS or has_high_powers(found):
         return False
     forms = [
         (canonical_form(found), canonical_form(truth)),

@@ -26,7 +26,7 @@ import numpy as np
 import sympy
 import torch
 
-from distill.canonical import cheap_to_simplify
+from distill.canonical import cheap_to_simplify, has_high_powers
 from distill.fit import FitConfig, fit_kan
 from distill.formula import (
     FormulaError,
@@ -327,8 +327,9 @@ def monic_denominator(expr: sympy.Expr, max_ops: int = 40) -> sympy.Expr:
     """``expr`` as a fraction whose denominator's first term has coefficient 1, when the denominator holds
     floats: ``0.0776*V*p/(0.0776*gamma - 0.0776)`` becomes ``1.0*V*p/(gamma - 1.0)``, whose constants
     can then snap one at a time (a float is only ever snapped to a simple value near it). Formulas over
-    ``max_ops`` operations (before or after), or whose denominator is 1 or exact, come back unchanged."""
-    if sympy.count_ops(expr) > max_ops:
+    ``max_ops`` operations (before or after) or with high powers (`has_high_powers`), or whose denominator is 1
+    or exact, come back unchanged."""
+    if sympy.count_ops(expr) > max_ops or has_high_powers(expr):
         return expr
     num, den = sympy.fraction(sympy.together(expr))
     if not den.has(sympy.Float):
