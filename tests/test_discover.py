@@ -129,6 +129,6 @@ def test_formulas_with_high_powers_are_not_simplified():
     u = sympy.Symbol("u", real=True)
     wild = -sympy.Rational(1, 2) - 3 / (sympy.Float(4.5) * u - 29) ** 59
     assert has_high_powers(wild) and not cheap_to_simplify(wild)
-    assert sympy.count_ops(canonical_form(wild)) == sympy.count_ops(wild)  # exact numbers only, not expanded
+    assert canonical_form(wild) == wild.xreplace({sympy.Float(4.5): sympy.Rational(9, 2)})  # not expanded
     assert not has_high_powers((u + 1) ** 3 / u**12)  # a power of a symbol expands to nothing
     assert not equivalent_up_to_constant(wild, wild)  # counted as not recovered rather than simplified
