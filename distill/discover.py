@@ -10,7 +10,9 @@ and exponentials becomes a sum (the AI Feynman trick), so monomials such as
 the target in its original space; the best fit wins, a simpler formula wins a tie, and the
 search stops at the first formula that is exact to ``exact_r2`` (or that no richer candidate could
 beat by ``simplicity_margin``). A formula that is not finite on every row, or scores below
-``min_r2``, is never returned. The formula returned is in canonical form (`distill.canonical`:
+``min_r2``, is never returned. A formula found through the logarithm has its constants rounded once more in
+the target's own space, where ``exp`` merged them (``2 * 2.737 * exp(-1.7) Nn mu`` is ``Nn mu``). The formula
+returned is in canonical form (`distill.canonical`:
 ratios of exponentials as ``tanh``, the shortest simplification).
 """
 
@@ -26,7 +28,7 @@ import sympy
 import torch
 
 from distill.canonical import canonical_on_data
-from distill.extract import Extraction, extract_formula
+from distill.extract import Extraction, extract_formula, snap_constants
 from distill.schedule import ScheduleConfig, sparse_fit
 from students import KAN
 
@@ -176,7 +178,13 @@ def discover_formula(
     if best is None:
         raise FloatingPointError(f"discover_formula: no candidate is finite on every row with held-out R^2 >= "
                                  f"{config.min_r2} ({scores})")  # fmt: skip
-    best.extraction.expressions[0] = canonical_on_data(best.expression, features, x_val.double().numpy())
+    expression = best.expression
+    if not best.transform.startswith("identity"):  # exp(...) merged constants that were rounded apart
+        expression = expression.xreplace({e: e.evalf() for e in expression.atoms(sympy.exp) if e.is_number})
+        floor = _indistinguishable(y_fit[:, 0], config.target_error, y_fit[:, 0], "identity")
+        expression = snap_constants(expression, features, x_fit.double().numpy(), y_fit.double().numpy()[:, 0],
+                                    growth=config.snap_growth, floor=floor, deadline=deadline)  # fmt: skip
+    best.extraction.expressions[0] = canonical_on_data(expression, features, x_val.double().numpy())
     return best
 
 

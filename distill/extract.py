@@ -221,12 +221,15 @@ def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _candidates(value: float) -> list[sympy.Expr]:
-    """Simple numbers near ``value``, simplest first: 0, the nearest integer, fractions and fractions times
-    pi, then ``1 / (k pi)``."""
+    """Simple numbers near ``value``, simplest first: 0, the nearest integer, fractions, fractions times pi,
+    then ``1 / (k pi)``. Plain numbers come before every multiple of pi: where both fit, the plain one wins
+    (an exponent of 1.005 is 1, not ``8 pi / 25``)."""
+    limits = (2, 3, 4, 6, 10)
     out: list[sympy.Expr] = [sympy.Integer(0), sympy.Integer(round(value))]
-    for limit in (2, 3, 4, 6, 10):
+    for limit in limits:
         frac = Fraction(value).limit_denominator(limit)
         out.append(sympy.Rational(frac.numerator, frac.denominator))
+    for limit in limits:
         frac_pi = Fraction(value / np.pi).limit_denominator(limit)
         out.append(sympy.pi * sympy.Rational(frac_pi.numerator, frac_pi.denominator))
     sign = -1 if value < 0 else 1  # last, and only 1 / (k pi): h / (2 pi) and 1 / (4 pi epsilon) make them common,
@@ -266,7 +269,10 @@ class _Scorer:
             # evalf: cos(1) is no tensor; dummify: no feature name is written into the generated source
             fn = fn or sympy.lambdify(self.symbols, expr.evalf(), TORCH_MODULES, dummify=True)
             with torch.no_grad() if constants is None else torch.enable_grad():
-                pred = torch.as_tensor(fn(*args), dtype=torch.float64).expand_as(self.reference)
+                pred = torch.as_tensor(fn(*args))
+                if pred.is_complex():  # a power or root of a negative base: not a real formula on these rows
+                    return torch.tensor(torch.inf, dtype=torch.float64)
+                pred = pred.to(torch.float64).expand_as(self.reference)
         except (TypeError, ValueError, RuntimeError, NameError, NotImplementedError):
             return torch.tensor(torch.inf, dtype=torch.float64)
         loss = (pred - self.reference).square().sum() / self.total
@@ -314,6 +320,29 @@ def _snap_one(expr: sympy.Expr, atom: sympy.Float, scorer: _Scorer, max_loss: fl
         if scorer.loss(trial).item() <= max_loss:
             return trial
     return None
+
+
+def _drop_constants(expr: sympy.Expr, scorer: _Scorer, max_loss: float, max_tries: int,
+                    deadline: float | None) -> tuple[sympy.Expr, int]:  # fmt: skip
+    """``expr`` with every float that can be 0 set to 0 (the rest refitted), the smallest first, and the
+    number of floats tried.
+
+    Before any other rounding: a term the fit does not need goes first, while the other constants are still
+    free to take up its work. Rounded first, they would pin the formula to a point where a tiny offset must
+    stay to make up for them (``10 log(2 Nn - 0.0106) + ... - 17`` instead of ``10 log(Nn mu) + c``)."""
+    tries = 0
+    for atom in sorted(expr.atoms(sympy.Float), key=lambda f: abs(float(f))):
+        if tries >= max_tries or (deadline is not None and time.monotonic() > deadline):
+            break
+        if atom not in expr.atoms(sympy.Float):
+            continue  # merged away by an earlier drop
+        tries += 1
+        trial = canonical(expr.xreplace({atom: sympy.Integer(0)}))
+        if scorer.loss(trial).item() > max_loss:
+            trial = scorer.refit(trial)
+        if scorer.loss(trial).item() <= max_loss:
+            expr = trial
+    return expr, tries
 
 
 def _closeness(atom: sympy.Float) -> float:
@@ -374,8 +403,8 @@ def snap_constants(
     if 1 - base < min_r2 or len(expr.atoms(sympy.Float)) > max_constants:
         return expr
     max_loss = max(growth * base, floor)
+    expr, tries = _drop_constants(expr, scorer, max_loss, max_tries, deadline)
     rejected: set[sympy.Float] = set()
-    tries = 0
     while tries < max_tries and (deadline is None or time.monotonic() < deadline):
         for atom in sorted(expr.atoms(sympy.Float) - rejected, key=_closeness):
             tries += 1

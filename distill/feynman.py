@@ -1,14 +1,19 @@
 """The AI Feynman equation table: read it, sample an equation, and train an MLP teacher on one.
 
-The table (``Filename, Number, Output, Formula, # variables, v1_name, v1_low, v1_high, ...``) lives
-in ``../shared/benchmarks/feynman/FeynmanEquations.csv`` beside the project and is read in place.
-Formulas are parsed by `distill.formula.parse_formula` (an allow-listed AST walk), never evaluated.
+A table (``Filename, Number, Output, Formula, # variables, v1_name, v1_low, v1_high, ...``) is read from
+a path. Without one, the few equations that ship inside the package (``distill/data/feynman_examples.csv``:
+the demo's I.12.1, I.14.4 and I.6.2, written in the table's format) are read with `importlib.resources`,
+so the demo works from an installed wheel. The whole AI Feynman table is benchmark data, not shipped:
+``scripts/bench_feynman.py`` takes its path. Formulas are parsed by `distill.formula.parse_formula` (an
+allow-listed AST walk), never evaluated.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +25,7 @@ from distill.formula import evaluate, parse_formula
 from teachers.mlp import MLPTeacher, train_mlp
 from teachers.schema import FeatureSchema, NumericFeature
 
-DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "feynman" / "FeynmanEquations.csv"
+EXAMPLES = "feynman_examples.csv"  # in the package's data folder
 
 
 class FeynmanTableError(ValueError):
@@ -77,41 +82,49 @@ def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: 
     return equivalent_up_to_constant(found.xreplace(positive), truth.xreplace(positive))
 
 
-def read_feynman_csv(path: str | Path = DEFAULT_CSV) -> list[FeynmanEquation]:
-    """The equations of an AI Feynman CSV, blank rows skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FeynmanTableError(f"no Feynman equation table at {path} (expected ../shared/benchmarks/feynman/"
-                                "FeynmanEquations.csv beside the project, or pass a path)")  # fmt: skip
+def read_feynman_csv(path: str | Path | None = None) -> list[FeynmanEquation]:
+    """The equations of an AI Feynman CSV (blank rows skipped); without ``path``, the built-in examples."""
+    if path is None:
+        text, source = resources.files("distill").joinpath("data", EXAMPLES).read_text(encoding="utf-8-sig"), EXAMPLES
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FeynmanTableError(f"no Feynman equation table at {path}: pass the path of the AI Feynman "
+                                    "FeynmanEquations.csv (the public AI Feynman equation table)")  # fmt: skip
+        text, source = path.read_text(encoding="utf-8-sig"), str(path)
     equations = []
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
-            if not (row.get("Filename") or "").strip():
-                continue
-            try:
-                n = int(row["# variables"])
-                names = tuple(row[f"v{k}_name"].strip() for k in range(1, n + 1))
-                ranges = tuple((float(row[f"v{k}_low"]), float(row[f"v{k}_high"])) for k in range(1, n + 1))
-            except (KeyError, ValueError, TypeError) as err:
-                raise FeynmanTableError(f"{path}:{line}: bad variable fields ({err})") from None
-            equations.append(FeynmanEquation(row["Filename"].strip(), row["Formula"].strip(), names, ranges))
+    for line, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+        if not (row.get("Filename") or "").strip():
+            continue
+        try:
+            n = int(row["# variables"])
+            names = tuple(row[f"v{k}_name"].strip() for k in range(1, n + 1))
+            ranges = tuple((float(row[f"v{k}_low"]), float(row[f"v{k}_high"])) for k in range(1, n + 1))
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
+            raise FeynmanTableError(f"{source}:{line}: bad variable fields ({err})") from None
+        equations.append(FeynmanEquation(row["Filename"].strip(), row["Formula"].strip(), names, ranges))
     return equations
 
 
-def feynman_equation(name: str, path: str | Path = DEFAULT_CSV) -> FeynmanEquation:
+def feynman_equation(name: str, path: str | Path | None = None) -> FeynmanEquation:
+    """One equation by name, from the table at ``path`` or else from the built-in examples."""
     equations = {eq.name: eq for eq in read_feynman_csv(path)}
     if name not in equations:
-        raise FeynmanTableError(f"{path}: no equation {name!r}; it has {sorted(equations)[:5]}...")
+        if path is None:
+            raise FeynmanTableError(f"no equation {name!r} among the built-in examples ({', '.join(equations)}); "
+                                    "for the others, pass the path of the AI Feynman table (FeynmanEquations.csv)")
+        raise FeynmanTableError(f"{path}: no equation {name!r}; it has {', '.join(sorted(equations)[:5])}, ...")
     return equations[name]
 
 
-def feynman_teacher(name: str = "I.12.1", path: str | Path = DEFAULT_CSV, *, samples: int = 4000,
+def feynman_teacher(name: str = "I.12.1", path: str | Path | None = None, *, samples: int = 4000,
                     hidden: tuple[int, ...] = (64, 64), steps: int = 3000, seed: int = 0,
-                    polish_steps: int = 0) -> MLPTeacher:  # fmt: skip
+                    polish_steps: int = 0, progress: bool = False) -> MLPTeacher:  # fmt: skip
     """An MLP teacher trained on ``samples`` draws of one Feynman equation (default I.12.1, F = mu N_n);
     see `train_mlp` for ``polish_steps``."""
     equation = feynman_equation(name, path)
     x, y = equation.sample(samples, seed)
     schema = equation.schema()
-    mlp = train_mlp(x, y[:, None], schema, hidden, steps=steps, seed=seed, polish_steps=polish_steps)
+    mlp = train_mlp(x, y[:, None], schema, hidden, steps=steps, seed=seed, polish_steps=polish_steps,
+                    progress=progress)  # fmt: skip
     return MLPTeacher(mlp, schema, [equation.name])

@@ -313,9 +313,9 @@ def _open_shard(
     return (shard, record["hash"]) if len(shard) == rows[1] - rows[0] else None
 
 
-def _answer(teacher: Teacher, batch: dict[str, list], start: int) -> dict[str, np.ndarray]:
+def _answer(teacher: Teacher, batch: dict[str, list], start: int, progress: tqdm) -> dict[str, np.ndarray]:
     """The teacher's outputs as numpy columns; a non-finite value is an error naming output and row."""
-    outputs = teacher(batch)
+    outputs = teacher(batch, progress=progress.update)
     columns = {}
     for name in teacher.outputs:
         value = outputs[name]
@@ -344,13 +344,15 @@ def generate_targets(
     *,
     shard_size: int = 1024,
     state: PartialState | None = None,
+    progress: bool = True,
 ) -> SoftTargetCache:
     """Run ``teacher`` over ``inputs`` into the cache ``folder``, resuming whatever is already done.
 
     Under ``accelerate launch`` (or torchrun) every process computes its share of shards; the main
     process merges them. Returns the merged cache on every process. Each process holds its rank's
     lock on the folder throughout (`distill.lock.folder_lock`), so a second run into the same
-    folder is refused with `FolderBusyError` before it writes anything.
+    folder is refused with `FolderBusyError` before it writes anything. ``progress``: a bar of the rows
+    answered (on the main process of each machine, on stderr).
     """
     state = state or process_state()
     folder = Path(folder)
@@ -388,14 +390,18 @@ def generate_targets(
         shard_dir = folder / "shards"
         shard_dir.mkdir(parents=True, exist_ok=True)
         done = 0
-        for index in tqdm(mine, desc="soft targets (shards)", disable=not state.is_local_main_process or None):
+        bar = tqdm(total=sum(spans[i][1] - spans[i][0] for i in mine), desc="targets: teacher", unit="row",
+                   disable=not (progress and state.is_local_main_process))  # fmt: skip
+        for index in mine:
             path, span = shard_dir / f"shard-{index:05d}", spans[index]
             if _open_shard(path, span, key_hash) is not None:
+                bar.update(span[1] - span[0])
                 continue
             batch = {name: column[span[0] : span[1]] for name, column in inputs.items()}
-            columns = {**batch, **_answer(teacher, batch, span[0])}
+            columns = {**batch, **_answer(teacher, batch, span[0], bar)}
             _write_shard(path, columns, span, key_hash, state.process_index)
             done += 1
+        bar.close()
         logger.info("process %d: computed %d of its %d shards", state.process_index, done, len(mine))
         state.wait_for_everyone()
         if state.is_main_process:

@@ -439,8 +439,8 @@ class GroupTrainer:
         self.rows = state.get("rows", self.rows)
         self.selection = state.get("selection")
         total = sum(max(self.phase_steps(p), 1) for p in self.phases)
-        progress = tqdm(total=total, desc=f"students {', '.join(self.names)[:40]}",
-                        disable=not (self.accelerator.is_main_process and self.config.progress) or None)  # fmt: skip
+        progress = tqdm(total=total, desc=f"train: students {', '.join(self.names)[:40]}", unit="step",
+                        disable=not (self.accelerator.is_main_process and self.config.progress))  # fmt: skip
         progress.update(sum(max(self.phase_steps(p), 1) for p in self.phases[: state["phase"]]) + state["step"])
         while state["phase"] < len(self.phases):
             phase = self.phases[state["phase"]]

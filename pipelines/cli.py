@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from distill.formula import FormulaError, rounded
 from distill.lock import FolderBusyError
 from distill.targets import CacheError
@@ -114,16 +116,19 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Each stage's start, progress and result by default; ``quiet``: warnings only; ``verbose``: details
-    and the progress bars of transformers and datasets too."""
+    """Each stage's start, progress bars and result by default, on stderr; ``quiet``: errors only (the findings
+    still go to stdout); ``verbose``: details, and the logs and progress bars of transformers and datasets too."""
     import datasets
     import transformers
 
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(message)s")
     for package in ("pipelines", "distill", "teachers", "students"):
         logging.getLogger(package).setLevel(level)
-    if not verbose:
+    if verbose:
+        transformers.utils.logging.set_verbosity_info()
+        datasets.utils.logging.set_verbosity_info()
+    else:
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
 
@@ -139,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="also log details and library progress bars")
-    loudness.add_argument("-q", "--quiet", action="store_true", help="print only warnings, errors and the result")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="print only the findings and errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for name, stages, text in (("run", STAGES, "all stages: targets, train, extract, audit"),
@@ -193,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("train: give a run CONFIG, or --cache DIR with --student/--labels")
     configure_logging(verbose=args.verbose, quiet=args.quiet)
     try:
-        return args.handler(args)
+        with logging_redirect_tqdm():  # log lines above the progress bars, never inside one
+            return args.handler(args)
     except BAD_INPUT as err:
         print(f"kandistill {args.command}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

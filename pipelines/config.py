@@ -12,13 +12,14 @@ folder) run here too, so a bad config fails before any work.
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
-from distill.feynman import DEFAULT_CSV, FeynmanTableError, feynman_equation
+from distill.feynman import FeynmanTableError, feynman_equation
 from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
 from teachers.names import InvalidNameError, check_slug
 from teachers.schema import MAX_FEATURES, MAX_VALUE_CHARS, MAX_VALUES, CategoricalFeature, FeatureSchema, SchemaError
@@ -284,7 +285,7 @@ class RunConfig(Strict):
         """The declared features, or those the teacher brings (None only for an MLP folder not yet read)."""
         if self.teacher.kind == "feynman_mlp":
             try:
-                return feynman_equation(self.teacher.equation, self.teacher.csv or DEFAULT_CSV).schema()
+                return feynman_equation(self.teacher.equation, self.teacher.csv).schema()
             except FeynmanTableError as err:
                 raise ValueError(f"teacher.equation: {err}") from None
         if self.teacher.kind == "diabetes_mlp":
@@ -386,3 +387,19 @@ def load_config(path: str | Path) -> RunConfig:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML: {str(err)[:300]}") from None
     return parse_config(data, str(path))
+
+
+def example_configs() -> list[str]:
+    """The names of the run configs that ship inside the package (``pipelines/configs/NAME.yaml``)."""
+    folder = resources.files("pipelines").joinpath("configs")
+    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def read_config(ref: str | Path) -> RunConfig:
+    """A run config from a file, or, where ``ref`` is no file but an example's name (`example_configs`: ``demo_loan``,
+    ...), the example that ships inside the package, read with `importlib.resources` (an installed wheel has no
+    ``pipelines/configs/`` folder beside the user)."""
+    if not Path(ref).exists() and str(ref) in example_configs():
+        with resources.as_file(resources.files("pipelines").joinpath("configs", f"{ref}.yaml")) as path:
+            return load_config(path)
+    return load_config(ref)

@@ -25,12 +25,11 @@ import sympy
 import torch
 
 from distill.feynman import feynman_equation, is_recovered
-from pipelines.config import RunConfig, load_config
+from pipelines.config import RunConfig, read_config
 from pipelines.runner import run
 from pipelines.surrogate import Surrogate
 
-CONFIGS = Path(__file__).parent / "configs"
-REAL_CONFIG = CONFIGS / "smollm2_review.yaml"
+REAL_CONFIG = "smollm2_review"  # the configs ship inside the package (`pipelines.config.example_configs`)
 logger = logging.getLogger(__name__)
 
 
@@ -67,7 +66,7 @@ def run_real_demo(out: Path, quick: bool = False, progress: bool = True) -> Demo
     torch.set_num_threads(1)
     start = time.perf_counter()
     try:
-        config = load_config(REAL_CONFIG)
+        config = read_config(REAL_CONFIG)
         config = quick_real_config(config) if quick else config
         logger.info("demo: %s (%s)", config.name, REAL_CONFIG)
         folder = run(config, out / "smollm2", progress=progress)
@@ -92,9 +91,9 @@ def _run_demo(out: Path, quick: bool, progress: bool) -> DemoResult:
     start = time.perf_counter()
     result = DemoResult(0.0)
     for name in ("loan", "feynman"):
-        config = load_config(CONFIGS / f"demo_{name}.yaml")
+        config = read_config(f"demo_{name}")
         config = quick_config(config) if quick else config
-        logger.info("demo %d of 2: %s (%s)", 1 + (name == "feynman"), name, CONFIGS / f"demo_{name}.yaml")
+        logger.info("demo %d of 2: %s (the example config demo_%s)", 1 + (name == "feynman"), name, name)
         folder = run(config, out / name, progress=progress)
         result.reports.append(folder.report / "index.html")
         result.findings += json.loads((folder.report / "audit.json").read_text())["findings"]

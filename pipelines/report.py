@@ -57,6 +57,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from distill.components import ComponentModel
 from distill.formula import rounded
@@ -69,7 +70,7 @@ from pipelines.render import VERDICT_WORDS, model_card, output_unit, print_pdf, 
 from pipelines.runner import RunFolder, build_teacher, student_specs
 from pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
 from students.persistence import atomic_write_bytes
-from teachers.base import Teacher, hash_json
+from teachers.base import Progress, Teacher, hash_json
 from teachers.schema import CategoricalFeature, FeatureSchema
 from teachers.template import TEMPLATE_FEATURE
 
@@ -159,9 +160,10 @@ def build_provenance(config: RunConfig, describe: dict, manifest: dict, cache_fi
     return {**provenance, "libraries": report_library_versions(), "config": config_for_provenance(config)}
 
 
-def teacher_output(teacher: Teacher, targets: tuple[str, ...], kind: str, batch: dict[str, list]) -> np.ndarray:
+def teacher_output(teacher: Teacher, targets: tuple[str, ...], kind: str, batch: dict[str, list],
+                   progress: Progress | None = None) -> np.ndarray:  # fmt: skip
     """The teacher's first output in the student's terms ``(rows,)``: a column, or the first label's log-odds."""
-    answers = teacher(batch)
+    answers = teacher(batch, progress)
     if kind == "labels":
         return (answers[targets[0]] - answers[targets[-1]]).double().numpy()
     return answers[targets[0]].double().numpy()
@@ -246,8 +248,10 @@ def code_version() -> str:
 
 
 def audit_student(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, teacher: Teacher, spec,
-                  x_val: np.ndarray, plots: Path, index: int = 0) -> StudentAudit:  # fmt: skip
-    """The checks and plots of the ``index``-th student; its plots are ``plots/{index}_...png``."""
+                  x_val: np.ndarray, plots: Path, index: int = 0,
+                  progress: Progress | None = None) -> StudentAudit:  # fmt: skip
+    """The checks and plots of the ``index``-th student; its plots are ``plots/{index}_...png``. ``progress`` is
+    told of every row the teacher answers (`teacher_rows` in all)."""
     surrogate = Surrogate.from_run(folder.root, spec.name)
     schema = cache.schema
     fidelity = json.loads((folder.train / "fidelity.json").read_text())[spec.name]
@@ -260,7 +264,7 @@ def audit_student(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, 
         return surrogate.predict_encoded(x)[:, 0]
 
     def teacher_fn(x: np.ndarray) -> np.ndarray:
-        return teacher_output(teacher, spec.targets, spec.kind, schema.decode(x))
+        return teacher_output(teacher, spec.targets, spec.kind, schema.decode(x), progress)
 
     dependences = {}
     for j, feature in enumerate(schema.features):
@@ -410,7 +414,14 @@ def headline(audits: list[StudentAudit]) -> list[str]:
     return lines
 
 
-def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) -> Path:
+def teacher_rows(config: RunConfig, schema: FeatureSchema, rows: int) -> int:
+    """How many rows the teacher answers in one student's checks: each monotonic check runs every audited row
+    twice (``x`` and ``x + step``), each protected check once per value and once as it is."""
+    protected = sum(len(schema[name].values) + 1 for name in config.checks.protected)
+    return rows * (2 * len(config.checks.monotonic) + protected)
+
+
+def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, progress: bool = True) -> Path:
     """Run the checks and write the report; skipped when nothing it depends on has changed."""
     formulas = sorted(folder.formulas.glob("*.json")) if folder.formulas.is_dir() else []
     students = sorted((folder.train / "students").glob("*/model.safetensors"))
@@ -427,11 +438,16 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) ->
     plots = report / "plots"
     shutil.rmtree(plots, ignore_errors=True)  # the plots of an earlier audit (other students, other features)
     plots.mkdir(parents=True)
-    teacher = build_teacher(config, folder, alone=True)
+    teacher = build_teacher(config, folder, alone=True, progress=progress)
     _, val_rows = split_rows(len(cache), config.train.validation_fraction, config.train.seed)
     x_val = cache.features()[val_rows[: config.checks.rows]]
-    audits = [audit_student(config, folder, cache, teacher, spec, x_val, plots, i)
-              for i, spec in enumerate(student_specs(config))]  # fmt: skip
+    specs = student_specs(config)
+    total = len(specs) * teacher_rows(config, cache.schema, len(x_val))
+    bar = tqdm(total=total, unit="row", desc="audit: teacher on counterfactual inputs", disable=not (progress and total))
+    audits = [audit_student(config, folder, cache, teacher, spec, x_val, plots, i, bar.update)
+              for i, spec in enumerate(specs)]  # fmt: skip
+    bar.close()
+    logger.info("audit: writing the report (%d student(s))", len(audits))
     provenance = build_provenance(config, teacher.describe(), cache.manifest, cache.fingerprint)
     findings = headline(audits)
     for audit in audits:
@@ -445,6 +461,7 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) ->
                "components": components_data(a.components)} for a in audits}}  # fmt: skip
     atomic_write_bytes(report / "audit.json", json.dumps(summary, indent=2).encode())
     if config.audit.pdf:
+        logger.info("audit: printing report.pdf with headless Chromium")
         print_pdf(report / "index.html", report / "report.pdf")
     atomic_write_bytes(stamp_path, json.dumps({"stamp": stamp}).encode())
     logger.info("audit: %d finding(s); report at %s", len(findings), report / "index.html")

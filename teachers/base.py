@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ import torch
 from accelerate import PartialState
 
 from teachers.schema import Batch, FeatureSchema
+
+Progress = Callable[[int], object]  # told how many more rows are done: `tqdm.update`
 
 
 def process_state() -> PartialState:
@@ -41,8 +43,10 @@ class Teacher(ABC):
         """The names of the outputs `__call__` returns, in order."""
 
     @abstractmethod
-    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Answer a columnar batch: ``{output name: float tensor (batch,) or (batch, d)}`` on the CPU."""
+    def __call__(self, batch: Batch, progress: Progress | None = None) -> dict[str, torch.Tensor]:
+        """Answer a columnar batch: ``{output name: float tensor (batch,) or (batch, d)}`` on the CPU.
+        ``progress``, if given, is called with the number of rows answered each time some are done (a
+        progress bar's ``update``), so that a long batch is never silent."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

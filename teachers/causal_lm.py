@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from teachers.base import Teacher, TeacherError, hash_json, process_state
+from teachers.base import Progress, Teacher, TeacherError, hash_json, process_state
 from teachers.gguf import GgufSource, dequantised_folder, is_gguf
 from teachers.loading import model_weights_digest, resolve_dtype, resolve_source, tokenizer_digest
 from teachers.schema import Batch, FeatureSchema
@@ -190,11 +190,14 @@ class CausalLMTeacher(Teacher):
         return [list(row) for row in ids]
 
     @torch.no_grad()
-    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: Batch, progress: Progress | None = None) -> dict[str, torch.Tensor]:
         token_ids = self.encode(self.prompts(batch))
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
-        parts = [self._score([token_ids[i] for i in order[s : s + self.batch_size]])
-                 for s in range(0, len(order), self.batch_size)]  # fmt: skip
+        parts = []
+        for s in range(0, len(order), self.batch_size):
+            parts.append(self._score([token_ids[i] for i in order[s : s + self.batch_size]]))
+            if progress is not None:
+                progress(len(order[s : s + self.batch_size]))
         if not parts:
             raise TeacherError("empty batch")
         inverse = torch.empty(len(order), dtype=torch.long)

@@ -100,6 +100,7 @@ def build_loan_llama(
     steps: int = 800,
     batch_size: int = 128,
     seed: int = 0,
+    progress: bool = False,
 ) -> Path:
     """Train the embedded loan Llama on ``rule`` for ``steps`` steps and save it (model + tokenizer) into
     ``folder``. A step count, never a time budget: the same seed gives the same teacher on any machine."""
@@ -116,8 +117,8 @@ def build_loan_llama(
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.05)
     start = time.perf_counter()
-    progress = tqdm(range(steps), desc="training the embedded Llama", disable=None)
-    for step in progress:
+    bar = tqdm(range(steps), desc="teacher: training the embedded Llama", unit="step", disable=not progress)
+    for step in bar:
         batch = sample_uniform(LOAN_SCHEMA, batch_size, generator)
         prompts = [LOAN_TEMPLATE.format(**{k: batch[k][i] for k in batch}) for i in range(batch_size)]
         ids = torch.as_tensor(tokenizer(prompts)["input_ids"])  # one template: every prompt has the same length
@@ -129,7 +130,7 @@ def build_loan_llama(
         optimizer.step()
         schedule.step()
         if step % 50 == 0:
-            progress.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}")
     logger.info("embedded Llama trained in %.1f s (final loss %.4f)", time.perf_counter() - start, loss.item())
     folder = Path(folder)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -149,7 +150,8 @@ def diabetes_schema() -> FeatureSchema:
                                for name, lo, hi in zip(data.feature_names, lows, highs, strict=True)))  # fmt: skip
 
 
-def diabetes_teacher(hidden: tuple[int, ...] = (64, 64), steps: int = 3000, seed: int = 0) -> MLPTeacher:
+def diabetes_teacher(hidden: tuple[int, ...] = (64, 64), steps: int = 3000, seed: int = 0,
+                     progress: bool = False) -> MLPTeacher:  # fmt: skip
     """An MLP fitted to scikit-learn's bundled diabetes data (442 patients, 10 features)."""
     from sklearn.datasets import load_diabetes
 
@@ -157,7 +159,8 @@ def diabetes_teacher(hidden: tuple[int, ...] = (64, 64), steps: int = 3000, seed
     x = torch.as_tensor(data.data, dtype=torch.float32)
     y = torch.as_tensor(data.target, dtype=torch.float32)[:, None]
     schema = diabetes_schema()
-    return MLPTeacher(train_mlp(x, y, schema, hidden, steps=steps, seed=seed), schema, ["progression"])
+    return MLPTeacher(train_mlp(x, y, schema, hidden, steps=steps, seed=seed, progress=progress), schema,
+                      ["progression"])  # fmt: skip
 
 
 class LabelLogProbs(nn.Module):

@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from teachers.base import Teacher, TeacherError, hash_json, process_state
+from teachers.base import Progress, Teacher, TeacherError, hash_json, process_state
 from teachers.loading import model_weights_digest, resolve_dtype, resolve_source, tokenizer_digest
 from teachers.schema import Batch, FeatureSchema
 from teachers.template import Template
@@ -116,11 +116,13 @@ class EncoderTeacher(Teacher):
         return self._reference_embeddings
 
     @torch.no_grad()
-    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: Batch, progress: Progress | None = None) -> dict[str, torch.Tensor]:
         texts = self.template.render(self.schema, batch)
         if not texts:
             return {name: torch.zeros(0) for name in self.outputs}
         cosines = (self.embed(texts) @ self.reference_embeddings().T).clamp(-1.0, 1.0).cpu()
+        if progress is not None:
+            progress(len(texts))
         return {name: cosines[:, j].contiguous() for j, name in enumerate(self.outputs)}
 
     def describe(self) -> dict[str, Any]:

@@ -23,10 +23,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -198,16 +200,28 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _library_bars() -> contextlib.AbstractContextManager:
+    """Where transformers' own GGUF progress bar goes: shown with ``-v`` (this module's DEBUG level), else
+    dropped (its plain tqdm ignores transformers' switch for bars); this module logs each step instead."""
+    return contextlib.nullcontext() if logger.isEnabledFor(logging.DEBUG) else contextlib.redirect_stderr(io.StringIO())
+
+
 def dequantise(path: Path, out: Path) -> None:
     """Load the GGUF file ``path`` with transformers (weights dequantised to float32) and save it into ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _gguf_module()
+    start = time.monotonic()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=DEQUANTISED_DTYPE)
+        logger.info("teachers: reading the tokenizer of %s", path.name)
+        with _library_bars():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        logger.info("teachers: dequantising the weights of %s", path.name)
+        with _library_bars():
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=DEQUANTISED_DTYPE)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise TeacherError(f"transformers cannot load the GGUF file {path}: {err}") from err
+    logger.info("teachers: saving the dequantised model (%.0f s so far)", time.monotonic() - start)
     # The weights are plain tensors now; the GGUF quantizer's record would make save_pretrained refuse the model
     # and make the saved folder look quantized.
     model.hf_quantizer = None

@@ -17,9 +17,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
+from tqdm.auto import tqdm
 
 from students.persistence import atomic_write_bytes
-from teachers.base import Teacher, TeacherError, hash_tensors
+from teachers.base import Progress, Teacher, TeacherError, hash_tensors
 from teachers.schema import Batch, FeatureSchema
 
 CONFIG_NAME = "config.json"
@@ -62,12 +63,12 @@ class MLP(nn.Module):
 
 def train_mlp(x: torch.Tensor, y: torch.Tensor, schema: FeatureSchema, hidden: Sequence[int] = (64, 64),
               steps: int = 3000, lr: float = 3e-3, seed: int = 0, activation: str = "silu",
-              polish_steps: int = 0) -> MLP:  # fmt: skip
+              polish_steps: int = 0, progress: bool = False) -> MLP:  # fmt: skip
     """Fit an `MLP` to ``x (batch, n_in) -> y (batch, n_out)`` with full-batch Adam, seeded.
 
     ``polish_steps`` full-batch L-BFGS steps (20 iterations each) follow Adam: on a smooth law they
     take the relative error from about 1e-1 to 1e-3 at the worst point, which an exact formula
-    recovery through the teacher needs.
+    recovery through the teacher needs. ``progress``: a bar of the steps on stderr.
     """
     torch.manual_seed(seed)
     mlp = MLP([x.shape[1], *hidden, y.shape[1]], activation)
@@ -83,14 +84,18 @@ def train_mlp(x: torch.Tensor, y: torch.Tensor, schema: FeatureSchema, hidden: S
         value.backward()
         return value
 
+    bar = tqdm(total=steps + polish_steps, desc="teacher: fitting the MLP", unit="step", disable=not progress)
     for _ in range(steps):
         loss()
         optimizer.step()
         schedule.step()
+        bar.update()
     if polish_steps:
         optimizer = torch.optim.LBFGS(mlp.parameters(), max_iter=20, history_size=50, line_search_fn="strong_wolfe")
         for _ in range(polish_steps):
             optimizer.step(loss)
+            bar.update()
+    bar.close()
     return mlp.eval()
 
 
@@ -108,9 +113,11 @@ class MLPTeacher(Teacher):
         return list(self._outputs)
 
     @torch.no_grad()
-    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: Batch, progress: Progress | None = None) -> dict[str, torch.Tensor]:
         x = torch.as_tensor(self.schema.encode(batch), dtype=torch.float32)
         y = torch.cat([self.module(chunk) for chunk in x.split(self.batch_size)]) if len(x) else x.new_zeros(0, 1)
+        if progress is not None:
+            progress(len(x))
         if y.ndim != 2 or y.shape[1] != len(self._outputs):
             raise TeacherError(f"the module returned shape {tuple(y.shape)}; expected (batch, {len(self._outputs)}) "
                                f"for outputs {self._outputs}")  # fmt: skip

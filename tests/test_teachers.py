@@ -76,7 +76,7 @@ def test_embedded_llama_follows_its_planted_rule(loan_llama):
     assert (loan_llama / "tokenizer.json").is_file() and (loan_llama / "model.safetensors").is_file()
 
 
-def test_diabetes_and_feynman_teachers_fit_their_data(feynman_rows):
+def test_diabetes_and_feynman_teachers_fit_their_data():
     from sklearn.datasets import load_diabetes
 
     teacher = diabetes_teacher(steps=1500)
@@ -90,5 +90,5 @@ def test_diabetes_and_feynman_teachers_fit_their_data(feynman_rows):
     x = torch.tensor([[1.5, 2.0], [1.0, 3.0], [4.0, 4.5]])
     y = teacher(dict(zip(teacher.schema.names, x.T.tolist(), strict=True)))["I.12.1"]
     torch.testing.assert_close(y, x[:, 0] * x[:, 1], atol=0.05, rtol=0.01)
-    with pytest.raises(FeynmanTableError, match=r"no equation 'I.999'"):
+    with pytest.raises(FeynmanTableError, match=r"no equation 'I.999' among the built-in examples \(I.6.2, I.12"):
         feynman_teacher("I.999")
