@@ -443,7 +443,8 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, pr
     x_val = cache.features()[val_rows[: config.checks.rows]]
     specs = student_specs(config)
     total = len(specs) * teacher_rows(config, cache.schema, len(x_val))
-    bar = tqdm(total=total, unit="row", desc="audit: teacher on counterfactual inputs", disable=not (progress and total))
+    bar = tqdm(total=total, unit="row", desc="audit: teacher on counterfactual inputs",
+               disable=not (progress and total))
     audits = [audit_student(config, folder, cache, teacher, spec, x_val, plots, i, bar.update)
               for i, spec in enumerate(specs)]  # fmt: skip
     bar.close()
