@@ -2,9 +2,10 @@
 
 Every fenced block in README.md is either run here or listed in `SKIPPED` with the reason; a new block
 that is neither fails `test_every_block_is_run_or_skipped`, so the README cannot drift from the code.
-Python blocks run in reading order in one namespace per section, as a reader pasting them would; the
-``kandistill`` lines run through `pipelines.cli.main`. What a fresh clone lacks (the demo's run
-folder, a user's Llama checkpoint) is stood in for by the session's quick demo (tests/conftest.py).
+Python blocks run in reading order in one namespace per section, as a reader pasting them would, and as
+written: never edited here. A long block reads its size from ``README_ROWS``, which the tests set small. The
+``kandistill`` lines run through `pipelines.cli.main`. The demo's run folder, which the blocks read after
+`kandistill demo`, is the session's quick demo (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import torch
 from distill.formula import evaluate
 from pipelines.cli import main
 from pipelines.config import load_config
-from teachers.embedded import LOAN_TEMPLATE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -51,14 +51,7 @@ SKIPPED = {
     "pip install --no-deps -r scripts/requirements-bench.txt": "installs benchmark-only packages, then a benchmark",
 }
 
-# In the teacher block, what a fresh clone lacks -> its small stand-in (names bound in the block's namespace).
-TEACHER_STANDINS = {
-    # a user's checkpoint -> the demo's embedded loan Llama (same features; trained on a planted rule)
-    '"/models/Llama-3.2-1B"': "LLAMA",
-    # the embedded Llama's word-level vocabulary knows only its own prompt: any other word is <unk>
-    '"Applicant: age {age}, income {income}k, debt {debt}k, {gender}. Approve? Answer:"': "LOAN_TEMPLATE",
-    "20_000": "300",  # rows
-}
+README_ROWS = 300  # the size the teacher and distillation blocks run at here (their default: 4,000)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,7 +79,8 @@ def block(key: str) -> Block:
 
 
 def code_of(source: Block, standins: dict[str, str]) -> str:
-    """The block's code with each stand-in put in; each replaced text must be there exactly once."""
+    """The block's text with each stand-in put in (for the config example's model folder, which a test checks
+    but never loads); each replaced text must be there exactly once."""
     code = source.code
     for text, standin in standins.items():
         assert code.count(text) == 1, f"README.md:{source.line}: {text!r} is no longer in the block"
@@ -94,12 +88,11 @@ def code_of(source: Block, standins: dict[str, str]) -> str:
     return code
 
 
-def run_python(key: str, namespace: dict, standins: dict[str, str] | None = None) -> dict:
-    """Run a Python block in ``namespace``; tracebacks name README.md and its line numbers."""
+def run_python(key: str, namespace: dict) -> dict:
+    """Run a Python block as written in ``namespace``; tracebacks name README.md and its line numbers."""
     source = block(key)
     assert source.language == "python", f"README.md:{source.line}: expected a python block"
-    code = code_of(source, standins or {})
-    exec(compile("\n" * (source.line - 1) + code, str(README), "exec"), namespace)
+    exec(compile("\n" * (source.line - 1) + source.code, str(README), "exec"), namespace)
     return namespace
 
 
@@ -180,9 +173,10 @@ def test_the_student_and_extraction_blocks(tmp_path, monkeypatch):
 def test_the_teacher_distill_and_train_command_blocks(tmp_path, monkeypatch, demo, capsys):
     demo_in(tmp_path, demo)
     monkeypatch.chdir(tmp_path)
-    ns = run_python(TEACHER, {"LLAMA": "runs/demo/loan/teacher", "LOAN_TEMPLATE": LOAN_TEMPLATE}, TEACHER_STANDINS)
+    monkeypatch.setenv("README_ROWS", str(README_ROWS))
+    ns = run_python(TEACHER, {})
     cache = ns["cache"]
-    assert cache.features().shape == (300, 4)
+    assert cache.features().shape == (README_ROWS, 4)
     p_yes, p_no = np.exp(cache.target("logprob[yes]")), np.exp(cache.target("logprob[no]"))
     np.testing.assert_allclose(p_yes + p_no, 1, rtol=1e-4)
     assert p_yes.std() > 0.1  # the teacher's answers follow its inputs

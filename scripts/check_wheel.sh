@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The built wheel works from anywhere (issue 23). Build it, install it into a fresh venv (torch first, then the
+# wheel with the pinned constraints), run `kandistill demo` in an empty folder outside the checkout, check that
+# it wrote nothing but its run folder and that every report it names exists, then run the README's Surrogate
+# block there, as written, against the demo's run. Run by .ci/run; by hand: bash scripts/check_wheel.sh
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+python="${PYTHON:-python3}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+"$python" -m pip wheel "$root" --no-deps -q -w "$work/dist"
+"$python" -m venv "$work/venv"
+"$work/venv/bin/pip" install -q torch==2.13.0
+"$work/venv/bin/pip" install -q "$work"/dist/kandistill-*.whl -c "$root/constraints.txt"
+
+mkdir "$work/elsewhere"
+cd "$work/elsewhere"
+"$work/venv/bin/kandistill" -q demo | tee "$work/demo.txt"
+grep -q "^Demo finished in" "$work/demo.txt"
+for report in $(sed -n 's/^Report: //p' "$work/demo.txt"); do
+  test -f "$report" || { echo "check_wheel: the demo names $report, which does not exist" >&2; exit 1; }
+done
+test "$(ls -A)" = "runs" || { echo "check_wheel: the demo wrote outside runs/: $(ls -A)" >&2; exit 1; }
+
+"$work/venv/bin/python" - "$root/README.md" <<'PY'
+import re
+import sys
+
+text = open(sys.argv[1], encoding="utf-8").read()
+(code,) = [m[1] for m in re.finditer(r"^```python\n(.*?)^```$", text, re.M | re.S) if "Surrogate.from_run(" in m[1]]
+namespace = {}
+exec(compile(code, "README.md (the Surrogate block)", "exec"), namespace)
+prediction = namespace["decision"].predict(namespace["applicant"])
+assert prediction.shape == (1, 1), prediction
+print(f"check_wheel: the Surrogate block ran from the installed wheel; formula {namespace['decision'].formula()}")
+PY
+echo "check_wheel: passed"
