@@ -221,15 +221,13 @@ def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _candidates(value: float) -> list[sympy.Expr]:
-    """Simple numbers near ``value``, simplest first: 0, the nearest integer, fractions, fractions times pi,
-    then ``1 / (k pi)``. Plain numbers come before every multiple of pi: where both fit, the plain one wins
-    (an exponent of 1.005 is 1, not ``8 pi / 25``)."""
-    limits = (2, 3, 4, 6, 10)
+    """Simple numbers near ``value``, simplest first: 0, the nearest integer, then by the size of the
+    denominator, a plain fraction before the multiple of pi with the same denominator (where both fit, ``1``
+    wins over ``pi / 3`` and ``pi`` over ``22 / 7``), then ``1 / (k pi)``."""
     out: list[sympy.Expr] = [sympy.Integer(0), sympy.Integer(round(value))]
-    for limit in limits:
+    for limit in (2, 3, 4, 6, 10):
         frac = Fraction(value).limit_denominator(limit)
         out.append(sympy.Rational(frac.numerator, frac.denominator))
-    for limit in limits:
         frac_pi = Fraction(value / np.pi).limit_denominator(limit)
         out.append(sympy.pi * sympy.Rational(frac_pi.numerator, frac_pi.denominator))
     sign = -1 if value < 0 else 1  # last, and only 1 / (k pi): h / (2 pi) and 1 / (4 pi epsilon) make them common,

@@ -18,7 +18,7 @@ from distill.formula import FormulaError, rounded
 from distill.lock import FolderBusyError
 from distill.targets import CacheError
 from distill.train import StudentSpec, TrainConfig, TrainError, distill
-from pipelines.config import ConfigError, load_config
+from pipelines.config import ConfigError, example_configs, read_config
 from pipelines.demo import run_demo, run_real_demo
 from pipelines.render import find_chromium, print_pdf
 from pipelines.runner import STAGES, RunFolderError, run
@@ -35,7 +35,7 @@ BAD_INPUT = (ConfigError, CacheError, TrainError, TeacherError, SchemaError, For
 
 
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
-    config = load_config(args.config)
+    config = read_config(args.config)
     pdf = getattr(args, "pdf", False)
     if pdf:
         find_chromium()  # before any work: a missing browser is a clear error (exit 2)
@@ -139,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil black-box models into small, inspectable KAN students, and audit them. "
         "A run config (YAML) names the teacher, its inputs, the students and the checks; "
         "`kandistill run CONFIG` goes targets -> train -> extract -> audit, resuming where it stopped.",
-        epilog="Examples: kandistill demo | kandistill inspect runs/demo/loan | "
-        "kandistill run pipelines/configs/demo_loan.yaml",
+        epilog="Examples: kandistill demo | kandistill inspect runs/demo/loan | kandistill run demo_loan "
+        f"(a config that ships with the package; the others: {', '.join(example_configs())})",
     )
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="also log details and library progress bars")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                                ("extract", ("extract",), "extract each student's formula"),
                                ("audit", ("audit",), "run the declared checks and write the report")):  # fmt: skip
         command = commands.add_parser(name, help=text, description=text)
-        command.add_argument("config", help="run config (YAML)")
+        command.add_argument("config", help="run config (YAML), or an example's name (demo_loan, ...)")
         command.add_argument("--out", help="run folder (default: runs/NAME from the config)")
         if name == "audit":
             command.add_argument("--pdf", action="store_true", help="also print report/report.pdf (headless Chromium)")

@@ -42,16 +42,16 @@ def loan_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory) -> tuple[str, Path]:
-    """`kandistill demo --quick`, once per session: its printed summary and its folder (``loan/``,
-    ``feynman/``). Tests read it; a test that writes copies what it needs first."""
+def demo(tmp_path_factory) -> tuple[str, Path, str]:
+    """`kandistill demo --quick`, once per session: its printed summary, its folder (``loan/``, ``feynman/``)
+    and what it wrote to stderr. Tests read it; a test that writes copies what it needs first."""
     from pipelines.cli import main
 
     out = tmp_path_factory.mktemp("demo")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    printed, logged = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(logged):
         assert main(["demo", "--quick", "--out", str(out)]) == 0
-    return printed.getvalue(), out
+    return printed.getvalue(), out, logged.getvalue()
 
 
 @pytest.fixture(scope="module")

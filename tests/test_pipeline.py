@@ -54,7 +54,7 @@ class Images(HTMLParser):
 
 
 def test_the_demo_report_holds_formulas_plots_and_verdicts(demo):
-    printed, out = demo
+    printed, out, _ = demo
     assert "FLAGGED" in printed and "recovered exactly" in printed and "Report:" in printed
     report = out / "loan" / "report"
     markdown = (report / "report.md").read_text()
@@ -77,6 +77,22 @@ def test_the_demo_report_holds_formulas_plots_and_verdicts(demo):
     card = (out / "loan" / "train" / "students" / "decision" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: kandistill") and "r2_logodds" in card
     assert "I.12.1" in (out / "feynman" / "report" / "report.md").read_text()
+
+
+def test_the_demo_shows_progress_on_every_stage_and_no_raw_warning(demo):
+    """Findings on stdout; on stderr a bar for every long step (each bar's last state: ``N/N``) and a line
+    when a stage ends; no warning of a library's own (issue 23)."""
+    printed, _, logged = demo
+    assert "targets:" not in printed and "Demo finished in" in printed
+    bars = ("teacher: training the embedded Llama", "teacher: fitting the MLP", "targets: teacher",
+            "train: students decision", "train: students friction", "extract: outputs",
+            "audit: teacher on counterfactual inputs")  # fmt: skip
+    for bar in bars:
+        assert re.search(re.escape(bar) + r": 100%\|.*\| (\d+)/\1 ", logged), bar
+    for line in ("targets: done, 1500 rows", "train: decision, held-out fidelity", "extract: decision took",
+                 "audit: 8 finding(s)"):  # fmt: skip
+        assert line in logged, line
+    assert "Warning" not in logged and "warn(" not in logged, logged
 
 
 def test_the_report_renders_in_a_real_browser(demo):
