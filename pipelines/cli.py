@@ -67,7 +67,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.cache is None:
         return _run_stages(args, ("train",))
     config = TrainConfig(hidden=args.hidden, grid=args.grid, refine_grid=args.refine_grid or None,
-                         optimizer=args.optimizer, steps=args.steps, seed=args.seed)  # fmt: skip
+                         optimizer=args.optimizer, steps=args.steps, seed=args.seed,
+                         progress=not args.quiet)  # fmt: skip
     out = args.out or "runs/train"
     result = distill(args.cache, _student_specs(args), out, config)
     print(f"{'student':<32} fidelity on held-out rows")
