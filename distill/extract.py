@@ -327,19 +327,21 @@ def _drop_constants(expr: sympy.Expr, scorer: _Scorer, max_loss: float, max_trie
 
     Before any other rounding: a term the fit does not need goes first, while the other constants are still
     free to take up its work. Rounded first, they would pin the formula to a point where a tiny offset must
-    stay to make up for them (``10 log(2 Nn - 0.0106) + ... - 17`` instead of ``10 log(Nn mu) + c``)."""
-    tries = 0
-    for atom in sorted(expr.atoms(sympy.Float), key=lambda f: abs(float(f))):
-        if tries >= max_tries or (deadline is not None and time.monotonic() > deadline):
+    stay to make up for them (``10 log(2 Nn - 0.0106) + ... - 17`` instead of ``10 log(Nn mu) + c``).
+    A refit gives every float a new value, so the floats that must stay are counted by rank, not kept by name."""
+    tries = kept = 0
+    while tries < max_tries and (deadline is None or time.monotonic() < deadline):
+        floats = sorted(expr.atoms(sympy.Float), key=lambda f: abs(float(f)))
+        if kept >= len(floats):
             break
-        if atom not in expr.atoms(sympy.Float):
-            continue  # merged away by an earlier drop
         tries += 1
-        trial = canonical(expr.xreplace({atom: sympy.Integer(0)}))
+        trial = canonical(expr.xreplace({floats[kept]: sympy.Integer(0)}))
         if scorer.loss(trial).item() > max_loss:
             trial = scorer.refit(trial)
         if scorer.loss(trial).item() <= max_loss:
-            expr = trial
+            expr = trial  # one float fewer
+        else:
+            kept += 1
     return expr, tries
 
 
