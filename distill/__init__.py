@@ -1,5 +1,5 @@
 """Distillation engines: fitting KAN students (and, later, soft targets and extraction)."""
 
-from distill.fit import FitConfig, FitHistory, fit_kan
+from kandistill.distill.fit import FitConfig, FitHistory, fit_kan
 
 __all__ = ["FitConfig", "FitHistory", "fit_kan"]

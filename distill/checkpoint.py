@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from students import KAN
-from students.persistence import atomic_write_bytes
+from kandistill.students import KAN
+from kandistill.students.persistence import atomic_write_bytes
 
 TENSOR = "__tensor__"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from students import KAN
+from kandistill.students import KAN
 
 logger = logging.getLogger(__name__)
 

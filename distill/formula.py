@@ -19,7 +19,7 @@ Sympy computes with exact numbers as it builds (``10**10000000000`` would be com
 reader. Reading is therefore bounded: depth, node count, the size of constants and exponents, and the
 size of any exact number the arithmetic may produce are checked *before* each node is built, and every
 constant part of the result must be a finite real number within :data:`MAX_FLOAT`. Variables must be
-plain identifiers (`teachers.names.check_identifier`). :func:`evaluate` computes a formula with numpy
+plain identifiers (`kandistill.teachers.names.check_identifier`). :func:`evaluate` computes a formula with numpy
 by walking it, so no source code is generated from a formula (as ``sympy.lambdify`` does).
 """
 
@@ -38,8 +38,8 @@ import numpy as np
 import sympy
 from sympy.core.symbol import Str
 
-from teachers.names import InvalidNameError, check_identifier
-from teachers.schema import MAX_VALUE_CHARS
+from kandistill.teachers.names import InvalidNameError, check_identifier
+from kandistill.teachers.schema import MAX_VALUE_CHARS
 
 FUNCTIONS: dict[str, type[sympy.Function]] = {
     "exp": sympy.exp,

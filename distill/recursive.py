@@ -1,14 +1,14 @@
 """Solve for a formula by splitting the problem where a teacher says it splits (AI Feynman's recursion).
 
-:func:`solve` asks a :class:`~distill.separability.BoxTeacher`, in this order, whether its function
+:func:`solve` asks a :class:`~kandistill.distill.separability.BoxTeacher`, in this order, whether its function
 ignores an input (then drops it), depends on two inputs only through ``x_i - x_j``, ``x_i + x_j``,
 ``x_i / x_j`` or ``x_i x_j`` (then replaces them by one new input), or splits as ``g(x_A) h(x_B)`` or
 as ``g(x_A) + h(x_B)``, also after a simple outer function (``f^2``, ``1 / f``) or as ``c + g(x_A) h(x_B)``,
 then solves ``g`` and ``h`` as sub-problems: the teacher with the other inputs held at the box's centre
 (for a product, a point where ``f`` is not near 0). Each sub-problem is solved the same way, down to a
 leaf that a small KAN student solves
-(`distill.discover.discover_formula`). The parts are composed, the whole formula's constants are
-refitted and snapped against the teacher (`distill.extract.snap_constants`), and it is kept only if
+(`kandistill.distill.discover.discover_formula`). The parts are composed, the whole formula's constants are
+refitted and snapped against the teacher (`kandistill.distill.extract.snap_constants`), and it is kept only if
 it matches the teacher on fresh points to within the teacher's own error; otherwise the next option
 is tried, the leaf last.
 
@@ -35,11 +35,11 @@ import numpy as np
 import sympy
 import torch
 
-from distill.canonical import canonical_on_data
-from distill.discover import DiscoverConfig, Discovery, discover_formula
-from distill.extract import Extraction, snap_constants
-from distill.formula import FormulaError, evaluate
-from distill.separability import (
+from kandistill.distill.canonical import canonical_on_data
+from kandistill.distill.discover import DiscoverConfig, Discovery, discover_formula
+from kandistill.distill.extract import Extraction, snap_constants
+from kandistill.distill.formula import FormulaError, evaluate
+from kandistill.distill.separability import (
     SYMMETRIES,
     BoxTeacher,
     additive_split,
@@ -51,8 +51,8 @@ from distill.separability import (
     symmetry,
     symmetry_gradient_residual,
 )
-from teachers.mlp import train_mlp
-from teachers.schema import FeatureSchema, NumericFeature
+from kandistill.teachers.mlp import train_mlp
+from kandistill.teachers.schema import FeatureSchema, NumericFeature
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def polynomial(x: torch.Tensor, y: torch.Tensor, names: list[str], degree: int =
                deadline: float | None = None) -> sympy.Expr | None:  # fmt: skip
     """The least-squares polynomial of ``degree`` (1 where that would take more than ``max_terms``
     terms) in ``names`` for ``y (batch,)`` at ``x (batch, n)``, float64, its coefficients snapped to
-    simple values (`distill.extract.snap_constants`: small ones to 0) unless ``deadline`` (a `time.monotonic`
+    simple values (`kandistill.distill.extract.snap_constants`: small ones to 0) unless ``deadline`` (a `time.monotonic`
     value) has passed. None when ``y`` is not finite."""
     xs, ys = x.double().numpy(), y.double().numpy()
     if not np.all(np.isfinite(ys)):
@@ -586,7 +586,7 @@ def solve(teacher: BoxTeacher, features: list[str], config: SolveConfig | None =
 
 def fit_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str], steps: int = 1500, polish_steps: int = 30,
                 validation_fraction: float = 0.2, seed: int = 0) -> BoxTeacher:  # fmt: skip
-    """An MLP teacher (`teachers.mlp.train_mlp`, 64 x 64, SiLU) fitted to ``x (batch, n) -> y (batch,)``;
+    """An MLP teacher (`kandistill.teachers.mlp.train_mlp`, 64 x 64, SiLU) fitted to ``x (batch, n) -> y (batch,)``;
     its ``error`` is its RMSE on the held-out first ``validation_fraction`` of the rows."""
     n_val = max(1, int(validation_fraction * x.shape[0]))
     low, high = x.min(0).values, x.max(0).values

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from distill.fit import FitConfig, fit_kan
-from students import KAN
+from kandistill.distill.fit import FitConfig, fit_kan
+from kandistill.students import KAN
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from students.symbols import SymbolLibrary
+from kandistill.students.symbols import SymbolLibrary
 
 A_GRID = torch.cat([-torch.logspace(1, -1, 12), torch.logspace(-1, 1, 12)])
 B_GRID = torch.linspace(-4, 4, 13)

@@ -4,7 +4,7 @@
 fidelity table measured on held-out rows that training never sees.
 
 * Students of the same kind and output size train as **one ensemble** (the KAN's leading
-  dimension): one batched forward for all, a loss per member (`distill.losses`), early stopping per
+  dimension): one batched forward for all, a loss per member (`kandistill.distill.losses`), early stopping per
   member on its held-out loss. A member that has stopped leaves the ensemble, so it costs nothing
   more. With Adam every parameter's update depends only on its own gradient, so a member trained in
   an ensemble follows the same path as when trained alone with the same seed.
@@ -20,7 +20,7 @@ fidelity table measured on held-out rows that training never sees.
   rows on every process, so every process takes the same decisions. The result is the one-process
   loss and gradient summed in another order: equal to float rounding, not bit for bit, and L-BFGS
   can carry such differences to a different (about as good) student.
-* **Checkpoints** (`distill.checkpoint`) every ``checkpoint_every`` steps and between phases, with
+* **Checkpoints** (`kandistill.distill.checkpoint`) every ``checkpoint_every`` steps and between phases, with
   the optimiser's state and the cache's fingerprint: a killed run resumes where it stopped, and a
   checkpoint made on another cache or config is refused.
 
@@ -44,21 +44,21 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from distill.checkpoint import (
+from kandistill.distill.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
     load_snapshot,
     recover_checkpoint,
     save_checkpoint,
 )
-from distill.fidelity import label_fidelity, scalar_fidelity
-from distill.losses import DEFAULT_LOSS, LOSSES, distillation_loss
-from distill.targets import SoftTargetCache
-from students import KAN, smoothness_penalty
-from students.persistence import atomic_write_bytes
-from teachers.base import hash_json
-from teachers.names import InvalidNameError, check_slug
-from teachers.schema import FeatureSchema
+from kandistill.distill.fidelity import label_fidelity, scalar_fidelity
+from kandistill.distill.losses import DEFAULT_LOSS, LOSSES, distillation_loss
+from kandistill.distill.targets import SoftTargetCache
+from kandistill.students import KAN, smoothness_penalty
+from kandistill.students.persistence import atomic_write_bytes
+from kandistill.teachers.base import hash_json
+from kandistill.teachers.names import InvalidNameError, check_slug
+from kandistill.teachers.schema import FeatureSchema
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class TrainConfig:
     side in the ensemble and the one with the lowest held-out loss becomes the student;
     ``schedule="cosine"`` gives Adam a linear warm-up over ``warmup`` of its steps, then a cosine
     decay to zero; ``polish_steps`` L-BFGS steps then polish each chosen student; ``smoothness``
-    weighs the P-spline penalty (`students.smoothness_penalty`); ``grid_uniform_fraction`` and
+    weighs the P-spline penalty (`kandistill.students.smoothness_penalty`); ``grid_uniform_fraction`` and
     ``grid_margin`` (a share of each input's range) shape the grid updates of the first steps
     (``1.0``: uniform grids, whose closed-form basis is the fast one); ``selection_fraction`` of
     the training rows, when set, decides early stopping, snapshots and the choice of member, so that

@@ -128,8 +128,8 @@ def binned_effect(change: np.ndarray, other: np.ndarray, name: str, bins: int = 
     return result
 
 
-# Per wording: with paraphrases (`teachers.template.Templates`), every audited row was asked in one of them, and
-# each check is measured on the rows of each wording as well as on all of them.
+# Per wording: with paraphrases (`kandistill.teachers.template.Templates`), every audited row was asked in one of
+# them, and each check is measured on the rows of each wording as well as on all of them.
 WORDING = "depends on the wording"
 PROTECTED_WORDING_RULE = ("depends on the wording when one paraphrase's verdict is flagged and another's is not "
                           "flagged, or two are flagged in opposite directions (review counts as neither)")  # fmt: skip

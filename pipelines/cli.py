@@ -1,7 +1,7 @@
 """The ``kandistill`` command line.
 
 Exit codes: 0 done; 2 bad input (a config, a cache, a target that is wrong: the message names it);
-1 an unexpected failure (a traceback). Works unchanged under ``accelerate launch -m pipelines.cli``.
+1 an unexpected failure (a traceback). Works unchanged under ``accelerate launch -m kandistill.pipelines.cli``.
 """
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from distill.formula import FormulaError, rounded
-from distill.lock import FolderBusyError
-from distill.targets import CacheError
-from distill.train import StudentSpec, TrainConfig, TrainError, distill
-from pipelines.config import ConfigError, example_configs, read_config
-from pipelines.demo import run_demo, run_real_demo
-from pipelines.render import find_chromium, print_pdf
-from pipelines.runner import STAGES, RunFolderError, run
-from pipelines.surrogate import Surrogate, SurrogateError
-from students.persistence import StudentFileError
-from teachers.base import TeacherError
-from teachers.names import InvalidNameError
-from teachers.schema import SchemaError
+from kandistill.distill.formula import FormulaError, rounded
+from kandistill.distill.lock import FolderBusyError
+from kandistill.distill.targets import CacheError
+from kandistill.distill.train import StudentSpec, TrainConfig, TrainError, distill
+from kandistill.pipelines.config import ConfigError, example_configs, read_config
+from kandistill.pipelines.demo import run_demo, run_real_demo
+from kandistill.pipelines.render import find_chromium, print_pdf
+from kandistill.pipelines.runner import STAGES, RunFolderError, run
+from kandistill.pipelines.surrogate import Surrogate, SurrogateError
+from kandistill.students.persistence import StudentFileError
+from kandistill.teachers.base import TeacherError
+from kandistill.teachers.names import InvalidNameError
+from kandistill.teachers.schema import SchemaError
 
 EXIT_BAD_INPUT = 2
 BAD_INPUT = (ConfigError, CacheError, TrainError, TeacherError, SchemaError, FormulaError, InvalidNameError,
@@ -124,8 +124,7 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
 
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(message)s")
-    for package in ("pipelines", "distill", "teachers", "students"):
-        logging.getLogger(package).setLevel(level)
+    logging.getLogger("kandistill").setLevel(level)
     if verbose:
         transformers.utils.logging.set_verbosity_info()
         datasets.utils.logging.set_verbosity_info()

@@ -19,11 +19,18 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
-from distill.feynman import FeynmanTableError, feynman_equation
-from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
-from teachers.names import InvalidNameError, check_slug
-from teachers.schema import MAX_FEATURES, MAX_VALUE_CHARS, MAX_VALUES, CategoricalFeature, FeatureSchema, SchemaError
-from teachers.template import MAX_TEMPLATE_CHARS, MAX_TEMPLATES, TEMPLATE_FEATURE, Template, Templates
+from kandistill.distill.feynman import FeynmanTableError, feynman_equation
+from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
+from kandistill.teachers.names import InvalidNameError, check_slug
+from kandistill.teachers.schema import (
+    MAX_FEATURES,
+    MAX_VALUE_CHARS,
+    MAX_VALUES,
+    CategoricalFeature,
+    FeatureSchema,
+    SchemaError,
+)
+from kandistill.teachers.template import MAX_TEMPLATE_CHARS, MAX_TEMPLATES, TEMPLATE_FEATURE, Template, Templates
 
 MAX_CONFIG_BYTES = 1_000_000
 
@@ -163,7 +170,7 @@ class StudentConfig(Strict):
 
 
 class TrainSection(Strict):
-    """Maps onto `distill.train.TrainConfig`."""
+    """Maps onto `kandistill.distill.train.TrainConfig`."""
 
     hidden: list[Annotated[int, Field(gt=0, le=1024)]] = Field(default_factory=lambda: [5], max_length=8)
     grid: Annotated[int, Field(gt=0, le=200)] = 5
@@ -185,8 +192,8 @@ class TrainSection(Strict):
 
 
 class ExtractSection(Strict):
-    """Maps onto `distill.components.ComponentConfig` and, with ``mode: formula``,
-    `distill.discover.DiscoverConfig`, for each student with ``extract: true``.
+    """Maps onto `kandistill.distill.components.ComponentConfig` and, with ``mode: formula``,
+    `kandistill.distill.discover.DiscoverConfig`, for each student with ``extract: true``.
 
     ``mode: components`` (the default) reads a student as named parts (main effects, the
     ``interactions`` strongest pairwise interactions), each a formula, an indicator table, a curve or a
@@ -391,7 +398,7 @@ def load_config(path: str | Path) -> RunConfig:
 
 def example_configs() -> list[str]:
     """The names of the run configs that ship inside the package (``pipelines/configs/NAME.yaml``)."""
-    folder = resources.files("pipelines").joinpath("configs")
+    folder = resources.files("kandistill.pipelines").joinpath("configs")
     return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
 
 
@@ -400,6 +407,6 @@ def read_config(ref: str | Path) -> RunConfig:
     ...), the example that ships inside the package, read with `importlib.resources` (an installed wheel has no
     ``pipelines/configs/`` folder beside the user)."""
     if not Path(ref).exists() and str(ref) in example_configs():
-        with resources.as_file(resources.files("pipelines").joinpath("configs", f"{ref}.yaml")) as path:
+        with resources.as_file(resources.files("kandistill.pipelines").joinpath("configs", f"{ref}.yaml")) as path:
             return load_config(path)
     return load_config(ref)

@@ -24,12 +24,12 @@ from pathlib import Path
 import sympy
 import torch
 
-from distill.feynman import feynman_equation, is_recovered
-from pipelines.config import RunConfig, read_config
-from pipelines.runner import run
-from pipelines.surrogate import Surrogate
+from kandistill.distill.feynman import feynman_equation, is_recovered
+from kandistill.pipelines.config import RunConfig, read_config
+from kandistill.pipelines.runner import run
+from kandistill.pipelines.surrogate import Surrogate
 
-REAL_CONFIG = "smollm2_review"  # the configs ship inside the package (`pipelines.config.example_configs`)
+REAL_CONFIG = "smollm2_review"  # the configs ship inside the package (`kandistill.pipelines.config.example_configs`)
 logger = logging.getLogger(__name__)
 
 

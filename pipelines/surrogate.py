@@ -27,13 +27,21 @@ import numpy as np
 import sympy
 import torch
 
-from distill.components import Component, ComponentModel, raw_column
-from distill.formula import FormulaError, check_scores, check_variables, evaluate, from_trees, read_json, rounded
-from distill.train import StudentSpec, TrainError
-from students import KAN
-from teachers.base import hash_json, hash_tensors
-from teachers.names import InvalidNameError, check_slug
-from teachers.schema import CategoricalFeature, FeatureSchema, SchemaError
+from kandistill.distill.components import Component, ComponentModel, raw_column
+from kandistill.distill.formula import (
+    FormulaError,
+    check_scores,
+    check_variables,
+    evaluate,
+    from_trees,
+    read_json,
+    rounded,
+)
+from kandistill.distill.train import StudentSpec, TrainError
+from kandistill.students import KAN
+from kandistill.teachers.base import hash_json, hash_tensors
+from kandistill.teachers.names import InvalidNameError, check_slug
+from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, SchemaError
 
 
 class SurrogateError(ValueError):
@@ -248,7 +256,7 @@ class Surrogate:
                          for k in range(len(record.targets))], 1)  # fmt: skip
 
     def components(self, output: int = 0) -> list[Component]:
-        """The named parts of output ``output`` (see `distill.components`), largest share first."""
+        """The named parts of output ``output`` (see `kandistill.distill.components`), largest share first."""
         model = self._components(self.formula_record(), output)
         return sorted(model.components, key=lambda c: -c.variance_share)
 

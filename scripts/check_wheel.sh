@@ -10,6 +10,17 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 "$python" -m pip wheel "$root" --no-deps -q -w "$work/dist"
+"$python" - "$work"/dist/kandistill-*.whl <<'PY'
+import sys
+import zipfile
+
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+(top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+assert zipfile.ZipFile(sys.argv[1]).read(top_level).decode().split() == ["kandistill"], top_level
+assert {n.split("/")[0] for n in names if not n.endswith(".dist-info/" + n.split("/")[-1])} == {"kandistill"}, names
+assert "kandistill/pipelines/configs/demo_loan.yaml" in names and "kandistill/distill/data/feynman_examples.csv" in names
+print("check_wheel: the wheel holds one import name, kandistill, with its configs and data")
+PY
 "$python" -m venv "$work/venv"
 "$work/venv/bin/pip" install -q torch==2.13.0
 "$work/venv/bin/pip" install -q "$work"/dist/kandistill-*.whl -c "$root/constraints.txt"

@@ -26,4 +26,4 @@ srun bash -c "accelerate launch \
     --main_process_ip $MAIN_HOST \
     --main_process_port 29500 \
     --mixed_precision bf16 \
-    -m pipelines.cli run '$CONFIG' --out '$OUT'"
+    -m kandistill.pipelines.cli run '$CONFIG' --out '$OUT'"

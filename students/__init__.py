@@ -3,9 +3,9 @@
 This package imports none of kandistill's other packages.
 """
 
-from students.kan import KAN, EdgeValues, KANConfig, smoothness_penalty, sparsity_penalty
-from students.layer import KANLayer
-from students.symbols import DEFAULT_SYMBOLS, Symbol, SymbolLibrary
+from kandistill.students.kan import KAN, EdgeValues, KANConfig, smoothness_penalty, sparsity_penalty
+from kandistill.students.layer import KANLayer
+from kandistill.students.symbols import DEFAULT_SYMBOLS, Symbol, SymbolLibrary
 
 __all__ = [
     "DEFAULT_SYMBOLS",

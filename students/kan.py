@@ -17,8 +17,8 @@ from typing import NoReturn
 import torch
 from torch import nn
 
-from students.layer import KANLayer
-from students.symbols import DEFAULT_SYMBOLS, SymbolLibrary
+from kandistill.students.layer import KANLayer
+from kandistill.students.symbols import DEFAULT_SYMBOLS, SymbolLibrary
 
 
 @dataclass
@@ -325,7 +325,7 @@ class KAN(nn.Module):
 
     @classmethod
     def stack(cls, students: list[KAN]) -> KAN:
-        """One ensemble holding ``students`` (all of the same shape), in order."""
+        """One ensemble holding ``kandistill.students`` (all of the same shape), in order."""
         first = students[0]
         for s in students[1:]:
             if s.width != first.width or s.config.grid != first.config.grid or s.config.k != first.config.k:
@@ -361,14 +361,14 @@ class KAN(nn.Module):
 
     def save_pretrained(self, directory: str | Path, provenance: dict[str, str] | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (with ``provenance`` in its metadata)."""
-        from students.persistence import save_kan
+        from kandistill.students.persistence import save_kan
 
         return save_kan(self, Path(directory), provenance)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, symbols: SymbolLibrary = DEFAULT_SYMBOLS) -> KAN:
         """Load a KAN saved by :meth:`save_pretrained`, checking the config against the tensors."""
-        from students.persistence import load_kan
+        from kandistill.students.persistence import load_kan
 
         return load_kan(Path(directory), symbols)
 

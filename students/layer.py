@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from students.splines import (
+from kandistill.students.splines import (
     extend_knots,
     fit_coefficients,
     is_uniform,
@@ -25,7 +25,7 @@ from students.splines import (
     spline_basis,
     uniform_grid,
 )
-from students.symbols import DEFAULT_SYMBOLS, SymbolLibrary
+from kandistill.students.symbols import DEFAULT_SYMBOLS, SymbolLibrary
 
 
 class KANLayer(nn.Module):

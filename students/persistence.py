@@ -23,8 +23,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from students.kan import KAN, KANConfig
-from students.symbols import SymbolLibrary
+from kandistill.students.kan import KAN, KANConfig
+from kandistill.students.symbols import SymbolLibrary
 
 
 class StudentFileError(ValueError):
@@ -106,7 +106,7 @@ def save_kan(model: KAN, directory: Path, provenance: dict[str, str] | None = No
 def implied_shapes(config: KANConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor's name and shape in a KAN built from ``config``, computed without building it.
 
-    Mirrors the buffers and parameters of :class:`students.layer.KANLayer`; a test holds the two equal.
+    Mirrors the buffers and parameters of :class:`kandistill.students.layer.KANLayer`; a test holds the two equal.
     """
     e, g, k = config.ensemble, config.grid, config.k
     shapes = {}

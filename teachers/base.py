@@ -1,6 +1,6 @@
 """The teacher interface, and the hashes that fingerprint a teacher.
 
-A teacher answers a columnar batch of named inputs (see `teachers.schema`) with named outputs, each
+A teacher answers a columnar batch of named inputs (see `kandistill.teachers.schema`) with named outputs, each
 a float tensor ``(batch,)`` or ``(batch, d)``. Its `fingerprint` hashes everything that decides its
 answers (weights, model config, template, label set, taps, dtype), so that a soft-target cache made
 by one teacher is never mistaken for another's.
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from teachers.schema import Batch, FeatureSchema
+from kandistill.teachers.schema import Batch, FeatureSchema
 
 Progress = Callable[[int], object]  # told how many more rows are done: `tqdm.update`
 

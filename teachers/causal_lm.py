@@ -1,6 +1,6 @@
 """`CausalLMTeacher`: a causal LM answering a sub-task (a prompt template and a label set).
 
-Each row of inputs fills the template into a prompt (with `teachers.template.Templates`, the paraphrase
+Each row of inputs fills the template into a prompt (with `kandistill.teachers.template.Templates`, the paraphrase
 that the row's ``template`` feature names); with ``chat=True`` the prompt becomes a user turn of the
 tokenizer's chat template followed by its generation prompt (the assistant's prefix), as instruct models
 expect. The teacher reads the next-token distribution at the answer position (the prompt's last token,
@@ -9,11 +9,11 @@ the label set (``logprob[LABEL]``) and the raw logit of the label's first token 
 first form). A label may have several surface forms (``{"yes": [" yes", " Yes", "Yes"]}``): its
 probability is the sum over its forms, ``logsumexp`` of their log-probabilities. A form of several
 tokens scores the sum of its tokens' log-probabilities (one extra teacher-forced forward per such
-form). Optional `teachers.taps` read internal heads and neurons; optional ``top_k`` keeps the full
+form). Optional `kandistill.teachers.taps` read internal heads and neurons; optional ``top_k`` keeps the full
 next-token distribution compressed to its top k log-probabilities, their token ids and the tail's mass.
 
 ``from_pretrained`` takes a model folder, a Hub id or a ``.gguf`` file (dequantised once into a cached
-folder by `teachers.gguf`; its hash, package and quantisation are part of the description).
+folder by `kandistill.teachers.gguf`; its hash, package and quantisation are part of the description).
 
 Prompts run in batches sorted by length, left-padded, with position ids that skip the padding, so
 a prompt's answer does not depend on its batch (to float rounding).
@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from teachers.base import Progress, Teacher, TeacherError, hash_json, process_state
-from teachers.gguf import GgufSource, dequantised_folder, is_gguf
-from teachers.loading import model_weights_digest, resolve_dtype, resolve_source, tokenizer_digest
-from teachers.schema import Batch, FeatureSchema
-from teachers.taps import LlamaParts, TapRecorder, parse_taps
-from teachers.template import Template, Templates, as_template
+from kandistill.teachers.base import Progress, Teacher, TeacherError, hash_json, process_state
+from kandistill.teachers.gguf import GgufSource, dequantised_folder, is_gguf
+from kandistill.teachers.loading import model_weights_digest, resolve_dtype, resolve_source, tokenizer_digest
+from kandistill.teachers.schema import Batch, FeatureSchema
+from kandistill.teachers.taps import LlamaParts, TapRecorder, parse_taps
+from kandistill.teachers.template import Template, Templates, as_template
 
 Labels = Mapping[str, str | Sequence[str]]  # label name -> its word, or its surface forms
 MAX_FORMS = 50
@@ -147,7 +147,8 @@ class CausalLMTeacher(Teacher):
         cache_dir: str | Path | None = None,
     ) -> CausalLMTeacher:
         """Load a causal LM from a local folder, a Hub id or a ``.gguf`` file (``trust_remote_code`` is off
-        unless asked). A GGUF file is dequantised once into ``cache_dir`` (default: `teachers.gguf.cache_root`).
+        unless asked). A GGUF file is dequantised once into ``cache_dir`` (default:
+        `kandistill.teachers.gguf.cache_root`).
 
         ``dtype`` defaults to bfloat16 on a GPU and float32 on a CPU; ``device`` defaults to this
         process's accelerate device; ``device_map="auto"`` spreads a model larger than one GPU.

@@ -31,8 +31,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from teachers.mlp import MLP, MLPTeacher, train_mlp
-from teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from kandistill.teachers.mlp import MLP, MLPTeacher, train_mlp
+from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
 
 logger = logging.getLogger(__name__)
 

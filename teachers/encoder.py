@@ -18,10 +18,10 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from teachers.base import Progress, Teacher, TeacherError, hash_json, process_state
-from teachers.loading import model_weights_digest, resolve_dtype, resolve_source, tokenizer_digest
-from teachers.schema import Batch, FeatureSchema
-from teachers.template import Template
+from kandistill.teachers.base import Progress, Teacher, TeacherError, hash_json, process_state
+from kandistill.teachers.loading import model_weights_digest, resolve_dtype, resolve_source, tokenizer_digest
+from kandistill.teachers.schema import Batch, FeatureSchema
+from kandistill.teachers.template import Template
 
 logger = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from students.persistence import atomic_write_bytes
-from teachers.base import TeacherError
+from kandistill.students.persistence import atomic_write_bytes
+from kandistill.teachers.base import TeacherError
 
 logger = logging.getLogger(__name__)
 

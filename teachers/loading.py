@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from teachers.base import TeacherError, hash_files, hash_json, hash_tensors
+from kandistill.teachers.base import TeacherError, hash_files, hash_json, hash_tensors
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 

@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
-from students.persistence import atomic_write_bytes
-from teachers.base import Progress, Teacher, TeacherError, hash_tensors
-from teachers.schema import Batch, FeatureSchema
+from kandistill.students.persistence import atomic_write_bytes
+from kandistill.teachers.base import Progress, Teacher, TeacherError, hash_tensors
+from kandistill.teachers.schema import Batch, FeatureSchema
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from teachers.names import InvalidNameError, check_identifier
+from kandistill.teachers.names import InvalidNameError, check_identifier
 
 Batch = Mapping[str, Sequence[Any]]
 

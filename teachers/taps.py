@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from teachers.base import TeacherError
+from kandistill.teachers.base import TeacherError
 
 _HEAD = re.compile(r"^layers\.(\d+|\*)\.attn\.heads\.(\d+|\*)\.(out|dla\[([^\[\]\-]+|\*)-([^\[\]\-]+|\*)\])$")
 _NEURON = re.compile(r"^layers\.(\d+|\*)\.mlp\.neurons\.(\d+)$")

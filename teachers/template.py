@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from teachers.base import TeacherError
-from teachers.schema import Batch, CategoricalFeature, FeatureSchema
+from kandistill.teachers.base import TeacherError
+from kandistill.teachers.schema import Batch, CategoricalFeature, FeatureSchema
 
 MAX_TEMPLATE_CHARS = 20_000
 

@@ -31,7 +31,7 @@ def loan_llama(tmp_path_factory) -> Path:
     """The embedded loan Llama with a planted protected-attribute effect, trained once per session."""
     import torch
 
-    from teachers.embedded import LoanRule, build_loan_llama
+    from kandistill.teachers.embedded import LoanRule, build_loan_llama
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -45,7 +45,7 @@ def loan_llama(tmp_path_factory) -> Path:
 def demo(tmp_path_factory) -> tuple[str, Path, str]:
     """`kandistill demo --quick`, once per session: its printed summary, its folder (``loan/``, ``feynman/``)
     and what it wrote to stderr. Tests read it; a test that writes copies what it needs first."""
-    from pipelines.cli import main
+    from kandistill.pipelines.cli import main
 
     out = tmp_path_factory.mktemp("demo")
     printed, logged = io.StringIO(), io.StringIO()

@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from distill.targets import generate_targets, sample_inputs
-from teachers.mlp import MLP, MLPTeacher
-from teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from kandistill.distill.targets import generate_targets, sample_inputs
+from kandistill.teachers.mlp import MLP, MLPTeacher
+from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
 
 SCHEMA = FeatureSchema((NumericFeature("x", -1, 1), NumericFeature("n", 0, 10, integer=True),
                         CategoricalFeature("c", ("a", "b"))))  # fmt: skip

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from teachers.base import TeacherError
-from teachers.causal_lm import CausalLMTeacher
-from teachers.embedded import word_tokenizer
-from teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature, SchemaError
+from kandistill.teachers.base import TeacherError
+from kandistill.teachers.causal_lm import CausalLMTeacher
+from kandistill.teachers.embedded import word_tokenizer
+from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature, SchemaError
 
 JOBS = ("clerk", "senior software engineer", "retired teacher of classical music")
 SCHEMA = FeatureSchema((NumericFeature("income", 0, 20, integer=True), CategoricalFeature("job", JOBS)))

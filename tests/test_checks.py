@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipelines import checks
+from kandistill.pipelines import checks
 
 ROWS = 1000
 

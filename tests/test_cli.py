@@ -4,13 +4,13 @@ import json
 
 import torch
 
-from pipelines.cli import build_parser, main
+from kandistill.pipelines.cli import build_parser, main
 
 
 def test_train_from_a_cache_then_inspect(tmp_path, capsys):
-    from distill.targets import generate_targets, sample_inputs
-    from teachers.mlp import MLP, MLPTeacher
-    from teachers.schema import FeatureSchema, NumericFeature
+    from kandistill.distill.targets import generate_targets, sample_inputs
+    from kandistill.teachers.mlp import MLP, MLPTeacher
+    from kandistill.teachers.schema import FeatureSchema, NumericFeature
 
     torch.manual_seed(0)
     schema = FeatureSchema((NumericFeature("a", -1, 1), NumericFeature("b", -1, 1)))

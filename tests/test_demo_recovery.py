@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import sympy
 
-from distill.feynman import feynman_equation, is_recovered
-from pipelines.config import read_config
-from pipelines.demo import quick_config
-from pipelines.runner import run
-from pipelines.surrogate import Surrogate
+from kandistill.distill.feynman import feynman_equation, is_recovered
+from kandistill.pipelines.config import read_config
+from kandistill.pipelines.demo import quick_config
+from kandistill.pipelines.runner import run
+from kandistill.pipelines.surrogate import Surrogate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

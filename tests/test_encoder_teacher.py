@@ -9,10 +9,10 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from torch.nn import functional as F
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-from teachers.base import TeacherError, hash_tensors
-from teachers.encoder import EncoderTeacher
-from teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature, SchemaError
-from teachers.template import Template
+from kandistill.teachers.base import TeacherError, hash_tensors
+from kandistill.teachers.encoder import EncoderTeacher
+from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature, SchemaError
+from kandistill.teachers.template import Template
 
 ITEMS = ("pencil", "sofa", "watch", "diamond necklace with a golden clasp and twelve small rubies")
 SCHEMA = FeatureSchema((NumericFeature("price", 0, 10000, integer=True), CategoricalFeature("item", ITEMS)))

@@ -14,11 +14,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distill.extract import Extraction
-from distill.formula import FUNCTIONS, FormulaError, from_tree, parse_formula, to_tree
-from pipelines.surrogate import Surrogate
-from students import KAN
-from teachers.schema import FeatureSchema, NumericFeature
+from kandistill.distill.extract import Extraction
+from kandistill.distill.formula import FUNCTIONS, FormulaError, from_tree, parse_formula, to_tree
+from kandistill.pipelines.surrogate import Surrogate
+from kandistill.students import KAN
+from kandistill.teachers.schema import FeatureSchema, NumericFeature
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = FeatureSchema((NumericFeature("a", 0, 1), NumericFeature("b", -1, 1)))
@@ -30,7 +30,7 @@ def code(marker: Path) -> str:
 
 
 def student_record(**changes) -> dict:
-    """``student.json`` as `distill.train.save_student` writes it, for two features and one scalar output."""
+    """``student.json`` as `kandistill.distill.train.save_student` writes it, for two features and one scalar output."""
     record = {"name": "s", "kind": "scalar", "targets": ["y"], "loss": None, "temperature": 1.0,
               "features": SCHEMA.to_dict(), "input_low": [0.0, -1.0], "input_high": [1.0, 1.0],
               "output_mean": [0.5], "output_std": [2.0], "fidelity": {"r2": 0.9, "rmse": 0.1},
@@ -88,7 +88,7 @@ def test_evaluating_a_formula_never_runs_a_symbol_name(tmp_path):
         with pytest.raises(FormulaError, match=r"not one of the features|not features"):
             Extraction(["a"], [a + odd]).callable(backend)(x[:, :1])
         assert not marker.exists()
-    from distill.formula import evaluate
+    from kandistill.distill.formula import evaluate
 
     with pytest.raises(FormulaError, match="not one of the features"):
         evaluate(a + odd, ["a"], x[:, :1])
@@ -99,7 +99,7 @@ def test_evaluating_a_formula_never_runs_a_symbol_name(tmp_path):
 
 
 def test_the_safe_evaluator_matches_lambdify_on_allowed_formulas():
-    from distill.formula import evaluate
+    from kandistill.distill.formula import evaluate
 
     a, b = sympy.symbols("a b", real=True)
     x = np.random.default_rng(0).uniform(-2, 2, (64, 2))
@@ -119,9 +119,9 @@ HUGE_POWER = {"op": "pow", "args": [{"num": 10}, {"num": 10000000000}]}
 BOUNDED_READS = """
 import json, sys, time
 from pathlib import Path
-from distill.extract import Extraction
-from distill.formula import FormulaError, from_tree, parse_formula
-from pipelines.surrogate import read_formula_record
+from kandistill.distill.extract import Extraction
+from kandistill.distill.formula import FormulaError, from_tree, parse_formula
+from kandistill.pipelines.surrogate import read_formula_record
 folder = Path(sys.argv[1])
 reads = {"from_tree": lambda: from_tree(json.loads(sys.argv[2]), []),
          "Extraction.load": lambda: Extraction.load(folder / "extraction.json"),
@@ -152,7 +152,7 @@ def test_a_tiny_formula_with_a_huge_power_is_refused_at_once(tmp_path):
 
 
 def test_a_huge_power_in_a_run_formula_is_refused(run, capsys):
-    from pipelines.cli import EXIT_BAD_INPUT, main
+    from kandistill.pipelines.cli import EXIT_BAD_INPUT, main
 
     write_formula(run, formula_record({"op": "pow", "args": [{"num": 10}, {"num": 100}]}))
     with pytest.raises(FormulaError, match="exponent must be at most 64"):
@@ -255,7 +255,7 @@ def test_formula_variables_must_be_plain_distinct_names():
 
 
 def test_the_formula_record_is_read_checked_and_its_text_derived(run):
-    from pipelines.surrogate import read_formula_record
+    from kandistill.pipelines.surrogate import read_formula_record
 
     tree = {"op": "mul", "args": [{"num": 0.123456789}, {"fn": "exp", "args": [{"var": "a"}]}]}
     output = {"target": "y", "tree": tree, "text": "rm -rf /", "latex": "\\input{/etc/passwd}"}
@@ -293,7 +293,7 @@ def test_a_malformed_formula_record_raises_a_formula_error_naming_the_file_and_f
 
 
 def test_a_formula_record_that_is_not_an_object_or_json_is_refused(run):
-    from pipelines.surrogate import read_formula_record
+    from kandistill.pipelines.surrogate import read_formula_record
 
     for data in ([], "{", "null"):
         path = write_formula(run, data)
@@ -326,7 +326,7 @@ ONE_FEATURE = [{"name": "a", "low": 0, "high": 1}]
     ],
 )
 def test_a_tampered_student_json_raises_naming_the_file_and_field(run, change, message):
-    from pipelines.surrogate import SurrogateError
+    from kandistill.pipelines.surrogate import SurrogateError
 
     folder = run / "train" / "students" / "s"
     (folder / "student.json").write_text(json.dumps(student_record(**change)))
@@ -335,7 +335,7 @@ def test_a_tampered_student_json_raises_naming_the_file_and_field(run, change, m
 
 
 def test_a_student_json_that_is_not_json_is_refused(run):
-    from pipelines.surrogate import SurrogateError
+    from kandistill.pipelines.surrogate import SurrogateError
 
     folder = run / "train" / "students" / "s"
     for text in ("{", "[]"):
@@ -385,7 +385,7 @@ FUZZ = settings(max_examples=300, deadline=20_000, derandomize=True, suppress_he
 
 
 def assert_finite_and_storable(expr: sympy.Expr, variables: list[str]) -> None:
-    from distill.formula import evaluate
+    from kandistill.distill.formula import evaluate
 
     assert isinstance(expr, sympy.Expr)
     assert not expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I)
@@ -421,7 +421,7 @@ RECORDS = st.fixed_dictionaries(
 @settings(FUZZ, max_examples=150)
 @given(RECORDS)
 def test_fuzz_read_formula_record_returns_a_checked_record_or_a_formula_error(record):
-    from pipelines.surrogate import read_formula_record
+    from kandistill.pipelines.surrogate import read_formula_record
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "s.json"

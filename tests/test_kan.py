@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from distill.fit import FitConfig, fit_kan
-from students import KAN, KANLayer
-from students.splines import cox_de_boor_basis, uniform_grid
+from kandistill.distill.fit import FitConfig, fit_kan
+from kandistill.students import KAN, KANLayer
+from kandistill.students.splines import cox_de_boor_basis, uniform_grid
 
 
 def feynman_pykan(x: torch.Tensor) -> torch.Tensor:

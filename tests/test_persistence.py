@@ -12,8 +12,8 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from students import KAN, KANConfig
-from students.persistence import CONFIG_NAME, MAX_ABS_VALUE, WEIGHTS_NAME, implied_shapes
+from kandistill.students import KAN, KANConfig
+from kandistill.students.persistence import CONFIG_NAME, MAX_ABS_VALUE, WEIGHTS_NAME, implied_shapes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,13 +17,13 @@ import sympy
 import torch
 import yaml
 
-from distill.formula import Indicator
-from pipelines.cli import main
-from pipelines.config import ConfigError, example_configs, parse_config, read_config
-from pipelines.demo import quick_config
-from pipelines.runner import run
-from pipelines.surrogate import Surrogate
-from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
+from kandistill.distill.formula import Indicator
+from kandistill.pipelines.cli import main
+from kandistill.pipelines.config import ConfigError, example_configs, parse_config, read_config
+from kandistill.pipelines.demo import quick_config
+from kandistill.pipelines.runner import run
+from kandistill.pipelines.surrogate import Surrogate
+from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -216,7 +216,7 @@ def test_a_run_killed_at_each_stage_resumes_to_the_same_results(tmp_path):
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump(SMALL))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "pipelines.cli", "run", str(config), "--out"]
+    command = [sys.executable, "-m", "kandistill.pipelines.cli", "run", str(config), "--out"]
     subprocess.run([*command, str(tmp_path / "whole")], env=env, check=True, capture_output=True, timeout=600)
     killed = tmp_path / "killed"
     for marker in ("targets/shards", "train/checkpoints", "formulas"):
@@ -301,7 +301,7 @@ def test_the_cli_runs_unchanged_on_two_processes(tmp_path):
     config.write_text(yaml.safe_dump({**SMALL, "inputs": {"rows": 600, "shard_size": 150}}))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    command = [*launch, "-m", "pipelines.cli", "run", str(config), "--out", str(tmp_path / "run")]
+    command = [*launch, "-m", "kandistill.pipelines.cli", "run", str(config), "--out", str(tmp_path / "run")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     writers = {json.loads(p.read_text())["process"] for p in (tmp_path / "run").glob("targets/shards/*/shard.json")}
@@ -312,7 +312,7 @@ def test_the_cli_runs_unchanged_on_two_processes(tmp_path):
 
 def test_an_extract_stage_killed_before_its_fidelity_is_written_redoes_it(tmp_path, monkeypatch):
     """The formula file is stamped only once complete: a kill between its two writes redoes the stage."""
-    import pipelines.runner as runner
+    import kandistill.pipelines.runner as runner
 
     config = parse_config(SMALL)
     run(config, tmp_path, stages=("targets", "train"), progress=False)

@@ -4,7 +4,7 @@ Every fenced block in README.md is either run here or listed in `SKIPPED` with t
 that is neither fails `test_every_block_is_run_or_skipped`, so the README cannot drift from the code.
 Python blocks run in reading order in one namespace per section, as a reader pasting them would, and as
 written: never edited here. A long block reads its size from ``README_ROWS``, which the tests set small. The
-``kandistill`` lines run through `pipelines.cli.main`. The demo's run folder, which the blocks read after
+``kandistill`` lines run through `kandistill.pipelines.cli.main`. The demo's run folder, which the blocks read after
 `kandistill demo`, is the session's quick demo (tests/conftest.py).
 """
 
@@ -22,9 +22,9 @@ import pytest
 import sympy
 import torch
 
-from distill.formula import evaluate
-from pipelines.cli import main
-from pipelines.config import load_config
+from kandistill.distill.formula import evaluate
+from kandistill.pipelines.cli import main
+from kandistill.pipelines.config import load_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -32,9 +32,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 CONFIG = "name: llama-loan-audit"
 SURROGATE = 'decision = Surrogate.from_run("runs/demo/loan", "decision")'
 STUDENT = "model = KAN(width=[2, 5, 1], grid=5, k=3, seed=0)"
-EXTRACTION = "from distill.extract import Extraction, extract_formula"
+EXTRACTION = "from kandistill.distill.extract import Extraction, extract_formula"
 TEACHER = "teacher = CausalLMTeacher.from_pretrained("
-DISTILL = "from distill.train import StudentSpec, TrainConfig, distill"
+DISTILL = "from kandistill.distill.train import StudentSpec, TrainConfig, distill"
 TRAIN_CLI = "kandistill train --cache runs/loan/targets"
 DEMO_OUTPUT = "Demo finished in"
 RUN = (CONFIG, SURROGATE, STUDENT, EXTRACTION, TEACHER, DISTILL, TRAIN_CLI, DEMO_OUTPUT)

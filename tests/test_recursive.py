@@ -6,9 +6,9 @@ import pytest
 import sympy
 import torch
 
-from distill.discover import DiscoverConfig, Discovery
-from distill.extract import Extraction
-from distill.recursive import (
+from kandistill.distill.discover import DiscoverConfig, Discovery
+from kandistill.distill.extract import Extraction
+from kandistill.distill.recursive import (
     Rows,
     SolveConfig,
     TeacherDiscoverConfig,
@@ -18,7 +18,7 @@ from distill.recursive import (
     remainder_rows,
     solve,
 )
-from distill.separability import BoxTeacher
+from kandistill.distill.separability import BoxTeacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,14 +14,14 @@ import pytest
 import sympy
 import yaml
 
-from pipelines.config import parse_config
-from pipelines.plots import formula_image, plot_slug
-from pipelines.render import model_card, print_pdf, write_html, write_markdown
-from pipelines.report import StudentAudit, build_provenance, config_for_provenance, teacher_fields
-from pipelines.runner import run
-from pipelines.surrogate import FormulaRecord
-from teachers.mlp import MLP, MLPTeacher
-from teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from kandistill.pipelines.config import parse_config
+from kandistill.pipelines.plots import formula_image, plot_slug
+from kandistill.pipelines.render import model_card, print_pdf, write_html, write_markdown
+from kandistill.pipelines.report import StudentAudit, build_provenance, config_for_provenance, teacher_fields
+from kandistill.pipelines.runner import run
+from kandistill.pipelines.surrogate import FormulaRecord
+from kandistill.teachers.mlp import MLP, MLPTeacher
+from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,10 +7,10 @@ import sys
 import pytest
 import yaml
 
-from pipelines.cli import main
-from pipelines.config import ConfigError, load_config, parse_config
-from pipelines.runner import RUN_MARKER, RunFolder, build_teacher, model_path, run
-from teachers.base import TeacherError
+from kandistill.pipelines.cli import main
+from kandistill.pipelines.config import ConfigError, load_config, parse_config
+from kandistill.pipelines.runner import RUN_MARKER, RunFolder, build_teacher, model_path, run
+from kandistill.teachers.base import TeacherError
 
 SMALL = {
     "name": "small",
@@ -125,7 +125,7 @@ def test_package_paths_are_limited_to_known_model_packages():
 
 
 def test_trust_remote_code_is_announced_with_the_files_that_will_run(loan_llama, tmp_path, caplog):
-    from teachers.embedded import LOAN_TEMPLATE
+    from kandistill.teachers.embedded import LOAN_TEMPLATE
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -147,7 +147,7 @@ def test_trust_remote_code_is_announced_with_the_files_that_will_run(loan_llama,
 
 
 def test_a_second_run_of_one_folder_is_refused_while_the_first_holds_it(tmp_path, capsys):
-    from distill.lock import folder_lock
+    from kandistill.distill.lock import folder_lock
 
     out = tmp_path / "run"
     out.mkdir()
@@ -195,9 +195,9 @@ def test_cli_student_names_are_slugs_and_a_tampered_student_is_bad_input(tmp_pat
 
     import torch
 
-    from distill.targets import generate_targets, sample_inputs
-    from teachers.mlp import MLP, MLPTeacher
-    from teachers.schema import FeatureSchema, NumericFeature
+    from kandistill.distill.targets import generate_targets, sample_inputs
+    from kandistill.teachers.mlp import MLP, MLPTeacher
+    from kandistill.teachers.schema import FeatureSchema, NumericFeature
 
     torch.manual_seed(0)
     schema = FeatureSchema((NumericFeature("a", -1, 1), NumericFeature("b", -1, 1)))

@@ -14,11 +14,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from pipelines.cli import main
-from teachers import gguf as gguf_teachers
-from teachers.base import TeacherError
-from teachers.causal_lm import CausalLMTeacher
-from teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from kandistill.pipelines.cli import main
+from kandistill.teachers import gguf as gguf_teachers
+from kandistill.teachers.base import TeacherError
+from kandistill.teachers.causal_lm import CausalLMTeacher
+from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
 
 gguf = pytest.importorskip("gguf")
 try:

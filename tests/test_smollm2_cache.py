@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from pipelines.runner import model_path
-from teachers import gguf
-from teachers.base import TeacherError
+from kandistill.pipelines.runner import model_path
+from kandistill.teachers import gguf
+from kandistill.teachers.base import TeacherError
 
 NEEDED = ("config.json", "model.safetensors", "tokenizer_config.json")
 

@@ -4,9 +4,9 @@ statistics that report each check per wording and mark a finding that "depends o
 import numpy as np
 import pytest
 
-from pipelines import checks
-from pipelines.config import ConfigError, parse_config, read_config
-from teachers.schema import CategoricalFeature
+from kandistill.pipelines import checks
+from kandistill.pipelines.config import ConfigError, parse_config, read_config
+from kandistill.teachers.schema import CategoricalFeature
 
 BASE = {
     "name": "probe",

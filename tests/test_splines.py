@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.interpolate import BSpline
 
-from students.splines import (
+from kandistill.students.splines import (
     cox_de_boor_basis,
     fit_coefficients,
     is_uniform,

@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from distill import train as train_stage
-from distill.targets import generate_targets, sample_inputs
-from distill.train import StudentSpec, TrainConfig, TrainError, distill, learning_rate
-from students import KAN, smoothness_penalty
-from teachers.mlp import MLPTeacher
-from teachers.schema import FeatureSchema, NumericFeature
+from kandistill.distill import train as train_stage
+from kandistill.distill.targets import generate_targets, sample_inputs
+from kandistill.distill.train import StudentSpec, TrainConfig, TrainError, distill, learning_rate
+from kandistill.students import KAN, smoothness_penalty
+from kandistill.teachers.mlp import MLPTeacher
+from kandistill.teachers.schema import FeatureSchema, NumericFeature
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -139,7 +139,7 @@ def test_bad_recipe_options_are_named(options, message):
 def test_the_diabetes_teachers_student_reaches_r2_09_on_inputs_beyond_its_data(tmp_path):
     """The MLP fitted to scikit-learn's diabetes data, distilled on 16,000 inputs (the teacher is
     cheap to query; on its 442 patients' worth of rows a KAN overfits) by Adam on minibatches."""
-    from teachers.embedded import diabetes_teacher
+    from kandistill.teachers.embedded import diabetes_teacher
 
     teacher = diabetes_teacher()
     cache = generate_targets(teacher, sample_inputs(teacher.schema, 16000, "lhs", seed=0), tmp_path / "t")

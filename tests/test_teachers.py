@@ -4,12 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from distill.feynman import FeynmanTableError, feynman_teacher
-from teachers.base import TeacherError
-from teachers.causal_lm import CausalLMTeacher
-from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, LoanRule, diabetes_teacher, sample_uniform
-from teachers.mlp import MLP, MLPTeacher
-from teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature, SchemaError
+from kandistill.distill.feynman import FeynmanTableError, feynman_teacher
+from kandistill.teachers.base import TeacherError
+from kandistill.teachers.causal_lm import CausalLMTeacher
+from kandistill.teachers.embedded import (
+    LOAN_LABELS,
+    LOAN_SCHEMA,
+    LOAN_TEMPLATE,
+    LoanRule,
+    diabetes_teacher,
+    sample_uniform,
+)
+from kandistill.teachers.mlp import MLP, MLPTeacher
+from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature, SchemaError
 
 SCHEMA = FeatureSchema((NumericFeature("x", -1, 1), NumericFeature("n", 0, 10, integer=True),
                         CategoricalFeature("c", ("a", "b", "c"))))  # fmt: skip

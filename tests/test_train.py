@@ -15,15 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
-from distill.feynman import feynman_teacher
-from distill.targets import SoftTargetCache, generate_targets, sample_inputs
-from distill.train import StudentSpec, TrainConfig, TrainError, distill
-from students import KAN
-from teachers.causal_lm import CausalLMTeacher
-from teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
-from teachers.mlp import MLP, MLPTeacher
-from teachers.schema import FeatureSchema, NumericFeature
+from kandistill.distill.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
+from kandistill.distill.feynman import feynman_teacher
+from kandistill.distill.targets import SoftTargetCache, generate_targets, sample_inputs
+from kandistill.distill.train import StudentSpec, TrainConfig, TrainError, distill
+from kandistill.students import KAN
+from kandistill.teachers.causal_lm import CausalLMTeacher
+from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
+from kandistill.teachers.mlp import MLP, MLPTeacher
+from kandistill.teachers.schema import FeatureSchema, NumericFeature
 
 WORKER = Path(__file__).parent / "train_worker.py"
 ROOT = Path(__file__).resolve().parents[1]
