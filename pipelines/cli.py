@@ -14,10 +14,10 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from kandistill.distill.formula import FormulaError, rounded
-from kandistill.distill.lock import FolderBusyError
-from kandistill.distill.targets import CacheError
-from kandistill.distill.train import StudentSpec, TrainConfig, TrainError, distill
+from kandistill.distill.extract.formula import FormulaError, rounded
+from kandistill.distill.targets.cache import CacheError
+from kandistill.distill.targets.lock import FolderBusyError
+from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, distill
 from kandistill.pipelines.config import ConfigError, example_configs, read_config
 from kandistill.pipelines.demo import run_demo, run_real_demo
 from kandistill.pipelines.render import find_chromium, print_pdf

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
-from kandistill.distill.feynman import FeynmanTableError, feynman_equation
+from kandistill.distill.discover.feynman import FeynmanTableError, feynman_equation
 from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
 from kandistill.teachers.names import InvalidNameError, check_slug
 from kandistill.teachers.schema import (
@@ -170,7 +170,7 @@ class StudentConfig(Strict):
 
 
 class TrainSection(Strict):
-    """Maps onto `kandistill.distill.train.TrainConfig`."""
+    """Maps onto `kandistill.distill.train.loop.TrainConfig`."""
 
     hidden: list[Annotated[int, Field(gt=0, le=1024)]] = Field(default_factory=lambda: [5], max_length=8)
     grid: Annotated[int, Field(gt=0, le=200)] = 5
@@ -192,8 +192,8 @@ class TrainSection(Strict):
 
 
 class ExtractSection(Strict):
-    """Maps onto `kandistill.distill.components.ComponentConfig` and, with ``mode: formula``,
-    `kandistill.distill.discover.DiscoverConfig`, for each student with ``extract: true``.
+    """Maps onto `kandistill.distill.extract.components.ComponentConfig` and, with ``mode: formula``,
+    `kandistill.distill.discover.search.DiscoverConfig`, for each student with ``extract: true``.
 
     ``mode: components`` (the default) reads a student as named parts (main effects, the
     ``interactions`` strongest pairwise interactions), each a formula, an indicator table, a curve or a

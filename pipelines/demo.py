@@ -24,7 +24,7 @@ from pathlib import Path
 import sympy
 import torch
 
-from kandistill.distill.feynman import feynman_equation, is_recovered
+from kandistill.distill.discover.feynman import feynman_equation, is_recovered
 from kandistill.pipelines.config import RunConfig, read_config
 from kandistill.pipelines.runner import run
 from kandistill.pipelines.surrogate import Surrogate

@@ -84,7 +84,7 @@ def importance_plot(path: Path, importance: dict[str, float]) -> None:
 
 
 def component_plot(path: Path, component, ylabel: str) -> None:
-    """One component of a student (`kandistill.distill.components.Component`): a curve or formula as a line over its
+    """One component of a student (`extract.components.Component`): a curve or formula as a line over its
     grid, a table as bars, a pairwise interaction as a heatmap; titled with its share of the variance."""
     title = f"{plain_text(component.name)}: {component.kind}, {component.variance_share:.1%} of the variance"
     axes = [np.arange(len(a)) if a and isinstance(a[0], str) else np.asarray(a, dtype=float) for a in component.grid]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kandistill.distill.formula import rounded
+from kandistill.distill.extract.formula import rounded
 from kandistill.pipelines import checks
 from kandistill.pipelines.config import RunConfig
 from kandistill.students.persistence import atomic_write_bytes

@@ -1,6 +1,6 @@
 """The audit stage: declared checks on the teacher and the students, and what the report says.
 
-For every student: its formula and components (`kandistill.distill.components`: each with its share of the
+For every student: its formula and components (`kandistill.distill.extract.components`: each with its share of the
 variance, as a formula, an indicator table, a curve or a heatmap), a plot per feature of the student's
 partial dependence over the feature's range with the data's density below it (`kandistill.pipelines.plots`),
 feature importance (the spread of each partial dependence), fidelity (student vs teacher, formula vs
@@ -59,10 +59,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from kandistill.distill.components import ComponentModel
-from kandistill.distill.formula import rounded
-from kandistill.distill.targets import SoftTargetCache, library_versions
-from kandistill.distill.train import split_rows
+from kandistill.distill.extract.components import ComponentModel
+from kandistill.distill.extract.formula import rounded
+from kandistill.distill.targets.cache import SoftTargetCache, library_versions
+from kandistill.distill.train.loop import split_rows
 from kandistill.pipelines import checks
 from kandistill.pipelines.config import RunConfig
 from kandistill.pipelines.plots import component_plot, formula_image, importance_plot, plot_slug, shape_plot

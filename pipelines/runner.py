@@ -32,13 +32,11 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from kandistill.distill.components import ComponentConfig, decompose_student
-from kandistill.distill.discover import DiscoverConfig, discover_formula
-from kandistill.distill.feynman import feynman_teacher
-from kandistill.distill.fidelity import label_fidelity, r2_score, scalar_fidelity
-from kandistill.distill.formula import evaluate, to_tree
-from kandistill.distill.lock import folder_lock
-from kandistill.distill.targets import (
+from kandistill.distill.discover.feynman import feynman_teacher
+from kandistill.distill.discover.search import DiscoverConfig, discover_formula
+from kandistill.distill.extract.components import ComponentConfig, decompose_student
+from kandistill.distill.extract.formula import evaluate, to_tree
+from kandistill.distill.targets.cache import (
     MANIFEST,
     CacheError,
     SoftTargetCache,
@@ -46,7 +44,9 @@ from kandistill.distill.targets import (
     read_inputs,
     sample_inputs,
 )
-from kandistill.distill.train import StudentSpec, TrainConfig, distill, split_rows, target_matrix
+from kandistill.distill.targets.lock import folder_lock
+from kandistill.distill.train.loop import StudentSpec, TrainConfig, distill, split_rows, target_matrix
+from kandistill.distill.train.metrics import label_fidelity, r2_score, scalar_fidelity
 from kandistill.pipelines.config import RunConfig
 from kandistill.pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
 from kandistill.students.persistence import atomic_write_bytes
@@ -397,7 +397,7 @@ def _single_expression(config: RunConfig, surrogate: Surrogate, j: int, schema, 
 
 def evaluate_formulas(expressions: list, features: list[str], x: np.ndarray) -> np.ndarray:
     """Evaluate sympy formulas of the named features on ``x`` ``(rows, n)`` -> ``(rows, len(expressions))``,
-    with the tree evaluator that never generates code (`kandistill.distill.formula.evaluate`)."""
+    with the tree evaluator that never generates code (`kandistill.distill.extract.formula.evaluate`)."""
     with np.errstate(all="ignore"):
         return np.stack([evaluate(expr, features, x) for expr in expressions], 1)
 

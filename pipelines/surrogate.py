@@ -27,8 +27,8 @@ import numpy as np
 import sympy
 import torch
 
-from kandistill.distill.components import Component, ComponentModel, raw_column
-from kandistill.distill.formula import (
+from kandistill.distill.extract.components import Component, ComponentModel, raw_column
+from kandistill.distill.extract.formula import (
     FormulaError,
     check_scores,
     check_variables,
@@ -37,7 +37,7 @@ from kandistill.distill.formula import (
     read_json,
     rounded,
 )
-from kandistill.distill.train import StudentSpec, TrainError
+from kandistill.distill.train.loop import StudentSpec, TrainError
 from kandistill.students import KAN
 from kandistill.teachers.base import hash_json, hash_tensors
 from kandistill.teachers.names import InvalidNameError, check_slug
@@ -256,7 +256,7 @@ class Surrogate:
                          for k in range(len(record.targets))], 1)  # fmt: skip
 
     def components(self, output: int = 0) -> list[Component]:
-        """The named parts of output ``output`` (see `kandistill.distill.components`), largest share first."""
+        """The named parts of output ``output`` (see `kandistill.distill.extract.components`), largest share first."""
         model = self._components(self.formula_record(), output)
         return sorted(model.components, key=lambda c: -c.variance_share)
 

@@ -3,7 +3,7 @@
 The tests check what a spent budget does (parts stay tabulated, a warning says so); how long the work then
 takes is a property of the machine, so it is measured here instead of asserted in a test:
 
-* **components, budget spent at once**: `kandistill.distill.components.decompose_student` of a ten-feature function
+* **components, budget spent at once**: `extract.components.decompose_student` of a ten-feature function
   with ``seconds=1e-6``: every part stays tabulated; the time is what the tabulation alone costs;
 * **extract stage, ten features**: the diabetes MLP teacher's student (``extract: {mode: formula,
   seconds: S}``), the components and the single-expression search sharing the budget.
@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from kandistill.distill.components import ComponentConfig, decompose_student
+from kandistill.distill.extract.components import ComponentConfig, decompose_student
 from kandistill.pipelines.config import parse_config
 from kandistill.pipelines.runner import run
 from kandistill.teachers.schema import FeatureSchema, NumericFeature

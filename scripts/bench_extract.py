@@ -14,7 +14,7 @@ known.
 
 The same network is then extracted twice, with the same candidate functions and the same inputs:
 
-* by ``kandistill.distill.extract.auto_symbolic(model, x, names=FUNCTIONS)`` (on a copy; the time includes
+* by ``kandistill.distill.extract.edges.auto_symbolic(model, x, names=FUNCTIONS)`` (on a copy; the time includes
   recording the edges' values);
 * by pykan 0.2.8: the weights are copied into a ``kan.MultKAN`` (grids, coefficients, scales,
   masks, and the layer biases as ``node_bias``), whose output is checked against ours, then
@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kandistill.distill.extract import auto_symbolic
+from kandistill.distill.extract.edges import auto_symbolic
 from kandistill.students import KAN
 from kandistill.students.splines import fit_coefficients
 from kandistill.students.symbols import DEFAULT_SYMBOLS

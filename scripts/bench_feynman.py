@@ -3,9 +3,9 @@
 For each equation of a CSV in the AI Feynman format (``Filename, Number, Output, Formula,
 # variables, v1_name, v1_low, v1_high, ...``): sample the variables uniformly over their ranges,
 compute the target from the formula (parsed safely, never evaluated as code), find a formula
-with :func:`kandistill.distill.recursive.discover_with_teacher` (the plain search, then, unless it is exact,
+with :func:`kandistill.distill.discover.recursive.discover_with_teacher` (the plain search, then, unless it is exact,
 the recursive split-and-solve through an MLP teacher fitted to the samples; ``--plain``: the plain
-search :func:`kandistill.distill.discover.discover_formula` only), optionally distilling from an MLP teacher
+search :func:`kandistill.distill.discover.search.discover_formula` only), optionally distilling from an MLP teacher
 fitted to the samples first (``--via-mlp``: the targets are its outputs and the recursion queries it),
 and check it against the truth. As in SRBench, an equation counts
 as recovered when sympy shows the difference is a constant or the ratio is a non-zero constant;
@@ -34,10 +34,10 @@ import sympy
 import torch
 from torch import nn
 
-from kandistill.distill.discover import DiscoverConfig, discover_formula
-from kandistill.distill.feynman import FeynmanTableError, is_recovered, read_feynman_csv
-from kandistill.distill.recursive import TeacherDiscoverConfig, discover_with_teacher
-from kandistill.distill.separability import BoxTeacher
+from kandistill.distill.discover.feynman import FeynmanTableError, is_recovered, read_feynman_csv
+from kandistill.distill.discover.recursive import TeacherDiscoverConfig, discover_with_teacher
+from kandistill.distill.discover.search import DiscoverConfig, discover_formula
+from kandistill.distill.discover.separability import BoxTeacher
 
 # Benchmark data, not shipped with the package: the project's machines have it beside the checkout.
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "feynman" / "FeynmanEquations.csv"

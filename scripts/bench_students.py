@@ -12,7 +12,7 @@ rows (the train stage's 80%) and is scored against the teacher on the same held-
 surrogate sees while it trains (the KAN chooses its member and snapshot on a part of its own
 training rows, ``selection_fraction``, as the EBM does with its own ``validation_size``):
 
-* **KAN**: ``kandistill.distill.train.distill`` with ``RECIPE`` below: [n, 16, 16, out], grid 3, four seeds as
+* **KAN**: ``kandistill.distill.train.loop.distill`` with ``RECIPE`` below: [n, 16, 16, out], grid 3, four seeds as
   members of one ensemble trained by Adam (warm-up, cosine decay), the best by its held-out loss
   polished by L-BFGS; fit seconds count every phase; on the diabetes teacher's 20,000 rows ``LARGE``:
   the same with Adam on minibatches of 256 rows (6,000 steps, lr 0.02) and 60 L-BFGS steps;
@@ -45,11 +45,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kandistill.distill.feynman import feynman_teacher
-from kandistill.distill.fidelity import r2_score
-from kandistill.distill.targets import generate_targets, sample_inputs
-from kandistill.distill.train import StudentSpec, TrainConfig, scale_inputs, split_rows, target_matrix
-from kandistill.distill.train import distill as run_distill
+from kandistill.distill.discover.feynman import feynman_teacher
+from kandistill.distill.targets.cache import generate_targets, sample_inputs
+from kandistill.distill.train.loop import StudentSpec, TrainConfig, scale_inputs, split_rows, target_matrix
+from kandistill.distill.train.loop import distill as run_distill
+from kandistill.distill.train.metrics import r2_score
 from kandistill.teachers.causal_lm import CausalLMTeacher
 from kandistill.teachers.embedded import (
     LOAN_LABELS,

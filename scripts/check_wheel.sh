@@ -18,7 +18,7 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
 assert zipfile.ZipFile(sys.argv[1]).read(top_level).decode().split() == ["kandistill"], top_level
 assert {n.split("/")[0] for n in names if not n.endswith(".dist-info/" + n.split("/")[-1])} == {"kandistill"}, names
-assert "kandistill/pipelines/configs/demo_loan.yaml" in names and "kandistill/distill/data/feynman_examples.csv" in names
+assert "kandistill/pipelines/configs/demo_loan.yaml" in names and "kandistill/distill/discover/data/feynman_examples.csv" in names
 print("check_wheel: the wheel holds one import name, kandistill, with its configs and data")
 PY
 "$python" -m venv "$work/venv"

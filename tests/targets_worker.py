@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from kandistill.distill.targets import generate_targets, sample_inputs
+from kandistill.distill.targets.cache import generate_targets, sample_inputs
 from kandistill.teachers.mlp import MLP, MLPTeacher
 from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
 

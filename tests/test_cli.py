@@ -8,7 +8,7 @@ from kandistill.pipelines.cli import build_parser, main
 
 
 def test_train_from_a_cache_then_inspect(tmp_path, capsys):
-    from kandistill.distill.targets import generate_targets, sample_inputs
+    from kandistill.distill.targets.cache import generate_targets, sample_inputs
     from kandistill.teachers.mlp import MLP, MLPTeacher
     from kandistill.teachers.schema import FeatureSchema, NumericFeature
 

@@ -9,11 +9,11 @@ import pytest
 import sympy
 import torch
 
-from kandistill.distill.anova import decompose
-from kandistill.distill.components import ComponentConfig, ComponentModel, decompose_student, group_categories
-from kandistill.distill.discover import DiscoverConfig, discover_formula
-from kandistill.distill.feynman import read_feynman_csv
-from kandistill.distill.formula import FormulaError, Indicator, evaluate, from_tree, indicator, to_tree
+from kandistill.distill.discover.feynman import read_feynman_csv
+from kandistill.distill.discover.search import DiscoverConfig, discover_formula
+from kandistill.distill.extract.anova import decompose
+from kandistill.distill.extract.components import ComponentConfig, ComponentModel, decompose_student, group_categories
+from kandistill.distill.extract.formula import FormulaError, Indicator, evaluate, from_tree, indicator, to_tree
 from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -207,7 +207,7 @@ def test_no_returned_formula_is_non_finite_on_its_data(name, feynman_csv):
 
 def test_discover_never_returns_a_formula_that_is_nan_on_part_of_the_data(monkeypatch):
     """The issue's case: the only candidate is ``log(0.667 - 10 x)``, NaN on most rows."""
-    import kandistill.distill.discover as discover
+    import kandistill.distill.discover.search as discover
 
     x = torch.linspace(0, 1, 200)[:, None]
     y = torch.log((0.667 - 10 * x).clamp_min(1e-3))[:, 0]

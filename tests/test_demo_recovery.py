@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import sympy
 
-from kandistill.distill.feynman import feynman_equation, is_recovered
+from kandistill.distill.discover.feynman import feynman_equation, is_recovered
 from kandistill.pipelines.config import read_config
 from kandistill.pipelines.demo import quick_config
 from kandistill.pipelines.runner import run

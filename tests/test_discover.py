@@ -5,9 +5,9 @@ import pytest
 import sympy
 import torch
 
-from kandistill.distill.canonical import canonical_form, equivalent_up_to_constant
-from kandistill.distill.discover import DiscoverConfig, discover_formula
-from kandistill.distill.feynman import is_recovered
+from kandistill.distill.discover.feynman import is_recovered
+from kandistill.distill.discover.search import DiscoverConfig, discover_formula
+from kandistill.distill.extract.canonical import canonical_form, equivalent_up_to_constant
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # more threads' parallel reductions round differently
 
@@ -88,7 +88,7 @@ def test_canonical_form_writes_exponential_ratios_as_tanh():
 def test_canonical_on_data_drops_an_abs_whose_argument_keeps_its_sign_on_the_rows():
     """Feynman I.34.1 came out as ``c*Abs(omega_0)/(c - v)`` (a square root of a square): on positive
     frequencies that is ``omega_0 c / (c - v)``, which the recovery check then accepts."""
-    from kandistill.distill.canonical import canonical_on_data
+    from kandistill.distill.extract.canonical import canonical_on_data
 
     c, w, v = sympy.symbols("c omega_0 v", real=True)
     x = np.random.default_rng(0).uniform([3, 1, 1], [10, 5, 2], size=(200, 3))
@@ -104,7 +104,7 @@ def test_canonical_on_data_drops_an_abs_whose_argument_keeps_its_sign_on_the_row
 
 def test_canonical_form_folds_a_float_times_a_constant_function_into_one_number():
     """Simplifying a formula fitted in log space gave ``0.04321*Nn*mu*exp(pi)`` for ``1.0*Nn*mu``."""
-    from kandistill.distill.canonical import canonical_form
+    from kandistill.distill.extract.canonical import canonical_form
 
     nn, mu = sympy.symbols("Nn mu", real=True)
     folded = canonical_form(sympy.Float(0.04321) * nn * mu * sympy.exp(sympy.pi))
@@ -124,7 +124,7 @@ def test_floats_that_are_simple_fractions_to_float_precision_become_exact():
 
 def test_formulas_with_high_powers_are_not_simplified():
     """A leaf snapped to (4.5 u - 29)^-59 (Feynman I.32.17) stalled sympy.simplify past the benchmark's 90 s."""
-    from kandistill.distill.canonical import canonical_form, cheap_to_simplify, has_high_powers
+    from kandistill.distill.extract.canonical import canonical_form, cheap_to_simplify, has_high_powers
 
     u = sympy.Symbol("u", real=True)
     wild = -sympy.Rational(1, 2) - 3 / (sympy.Float(4.5) * u - 29) ** 59

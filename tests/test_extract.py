@@ -9,9 +9,9 @@ import pytest
 import sympy
 import torch
 
-from kandistill.distill.extract import Extraction, compose
-from kandistill.distill.formula import FormulaError, from_tree, parse_formula, to_tree
-from kandistill.distill.symbolic_fit import choose, fit_symbols
+from kandistill.distill.extract.edges import Extraction, compose
+from kandistill.distill.extract.formula import FormulaError, from_tree, parse_formula, to_tree
+from kandistill.distill.extract.symbolic_fit import choose, fit_symbols
 from kandistill.students import KAN
 from kandistill.students.symbols import DEFAULT_SYMBOLS
 
@@ -140,8 +140,8 @@ def test_exp_sin_plus_square_is_recovered_exactly_from_4_of_5_training_seeds():
     still differs between CPUs, and a seed's outcome with it: 31 of 32 runs recover (16 seeds,
     each also with its rows shuffled), so one seed in five may fail.
     """
-    from kandistill.distill.extract import extract_formula
-    from kandistill.distill.schedule import ScheduleConfig, sparse_fit
+    from kandistill.distill.extract.edges import extract_formula
+    from kandistill.distill.train.schedule import ScheduleConfig, sparse_fit
 
     def truth_fn(x):
         return torch.exp(torch.sin(math.pi * x[:, :1]) + x[:, 1:] ** 2)
@@ -163,7 +163,7 @@ def test_exp_sin_plus_square_is_recovered_exactly_from_4_of_5_training_seeds():
 
 def test_greedy_pruning_stops_at_its_deadline_and_keeps_the_network(caplog):
     """No node removal is tried once the deadline has passed: the network comes back as it was."""
-    from kandistill.distill.schedule import ScheduleConfig, prune_greedily
+    from kandistill.distill.train.schedule import ScheduleConfig, prune_greedily
 
     x = torch.rand(200, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
     model = KAN([2, 4, 1], seed=0)
@@ -175,7 +175,7 @@ def test_greedy_pruning_stops_at_its_deadline_and_keeps_the_network(caplog):
 def test_a_fraction_with_a_common_float_factor_is_made_monic_and_snaps():
     """Feynman I.39.11 via its MLP teacher came out as 0.0776 V p / (0.0776 gamma - 0.0776): no single
     float is near a simple value, but divided through by the denominator's lead each one is."""
-    from kandistill.distill.extract import monic_denominator, snap_constants
+    from kandistill.distill.extract.edges import monic_denominator, snap_constants
 
     v, p, g = sympy.symbols("V pr gamma", real=True)
     found = sympy.Float(0.07761797) * v * p / (sympy.Float(0.07761599) * g - sympy.Float(0.07761022))

@@ -14,8 +14,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kandistill.distill.extract import Extraction
-from kandistill.distill.formula import FUNCTIONS, FormulaError, from_tree, parse_formula, to_tree
+from kandistill.distill.extract.edges import Extraction
+from kandistill.distill.extract.formula import FUNCTIONS, FormulaError, from_tree, parse_formula, to_tree
 from kandistill.pipelines.surrogate import Surrogate
 from kandistill.students import KAN
 from kandistill.teachers.schema import FeatureSchema, NumericFeature
@@ -30,7 +30,7 @@ def code(marker: Path) -> str:
 
 
 def student_record(**changes) -> dict:
-    """``student.json`` as `kandistill.distill.train.save_student` writes it, for two features and one scalar output."""
+    """``student.json`` as `train.loop.save_student` writes it, for two features and one scalar output."""
     record = {"name": "s", "kind": "scalar", "targets": ["y"], "loss": None, "temperature": 1.0,
               "features": SCHEMA.to_dict(), "input_low": [0.0, -1.0], "input_high": [1.0, 1.0],
               "output_mean": [0.5], "output_std": [2.0], "fidelity": {"r2": 0.9, "rmse": 0.1},
@@ -88,7 +88,7 @@ def test_evaluating_a_formula_never_runs_a_symbol_name(tmp_path):
         with pytest.raises(FormulaError, match=r"not one of the features|not features"):
             Extraction(["a"], [a + odd]).callable(backend)(x[:, :1])
         assert not marker.exists()
-    from kandistill.distill.formula import evaluate
+    from kandistill.distill.extract.formula import evaluate
 
     with pytest.raises(FormulaError, match="not one of the features"):
         evaluate(a + odd, ["a"], x[:, :1])
@@ -99,7 +99,7 @@ def test_evaluating_a_formula_never_runs_a_symbol_name(tmp_path):
 
 
 def test_the_safe_evaluator_matches_lambdify_on_allowed_formulas():
-    from kandistill.distill.formula import evaluate
+    from kandistill.distill.extract.formula import evaluate
 
     a, b = sympy.symbols("a b", real=True)
     x = np.random.default_rng(0).uniform(-2, 2, (64, 2))
@@ -119,8 +119,8 @@ HUGE_POWER = {"op": "pow", "args": [{"num": 10}, {"num": 10000000000}]}
 BOUNDED_READS = """
 import json, sys, time
 from pathlib import Path
-from kandistill.distill.extract import Extraction
-from kandistill.distill.formula import FormulaError, from_tree, parse_formula
+from kandistill.distill.extract.edges import Extraction
+from kandistill.distill.extract.formula import FormulaError, from_tree, parse_formula
 from kandistill.pipelines.surrogate import read_formula_record
 folder = Path(sys.argv[1])
 reads = {"from_tree": lambda: from_tree(json.loads(sys.argv[2]), []),
@@ -385,7 +385,7 @@ FUZZ = settings(max_examples=300, deadline=20_000, derandomize=True, suppress_he
 
 
 def assert_finite_and_storable(expr: sympy.Expr, variables: list[str]) -> None:
-    from kandistill.distill.formula import evaluate
+    from kandistill.distill.extract.formula import evaluate
 
     assert isinstance(expr, sympy.Expr)
     assert not expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I)

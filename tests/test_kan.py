@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kandistill.distill.fit import FitConfig, fit_kan
+from kandistill.distill.train.fit import FitConfig, fit_kan
 from kandistill.students import KAN, KANLayer
 from kandistill.students.splines import cox_de_boor_basis, uniform_grid
 

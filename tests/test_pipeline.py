@@ -17,7 +17,7 @@ import sympy
 import torch
 import yaml
 
-from kandistill.distill.formula import Indicator
+from kandistill.distill.extract.formula import Indicator
 from kandistill.pipelines.cli import main
 from kandistill.pipelines.config import ConfigError, example_configs, parse_config, read_config
 from kandistill.pipelines.demo import quick_config

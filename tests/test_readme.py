@@ -22,7 +22,7 @@ import pytest
 import sympy
 import torch
 
-from kandistill.distill.formula import evaluate
+from kandistill.distill.extract.formula import evaluate
 from kandistill.pipelines.cli import main
 from kandistill.pipelines.config import load_config
 

@@ -6,9 +6,7 @@ import pytest
 import sympy
 import torch
 
-from kandistill.distill.discover import DiscoverConfig, Discovery
-from kandistill.distill.extract import Extraction
-from kandistill.distill.recursive import (
+from kandistill.distill.discover.recursive import (
     Rows,
     SolveConfig,
     TeacherDiscoverConfig,
@@ -18,7 +16,9 @@ from kandistill.distill.recursive import (
     remainder_rows,
     solve,
 )
-from kandistill.distill.separability import BoxTeacher
+from kandistill.distill.discover.search import DiscoverConfig, Discovery
+from kandistill.distill.discover.separability import BoxTeacher
+from kandistill.distill.extract.edges import Extraction
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -147,7 +147,7 @@ def test_trust_remote_code_is_announced_with_the_files_that_will_run(loan_llama,
 
 
 def test_a_second_run_of_one_folder_is_refused_while_the_first_holds_it(tmp_path, capsys):
-    from kandistill.distill.lock import folder_lock
+    from kandistill.distill.targets.lock import folder_lock
 
     out = tmp_path / "run"
     out.mkdir()
@@ -195,7 +195,7 @@ def test_cli_student_names_are_slugs_and_a_tampered_student_is_bad_input(tmp_pat
 
     import torch
 
-    from kandistill.distill.targets import generate_targets, sample_inputs
+    from kandistill.distill.targets.cache import generate_targets, sample_inputs
     from kandistill.teachers.mlp import MLP, MLPTeacher
     from kandistill.teachers.schema import FeatureSchema, NumericFeature
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from kandistill.distill.recursive import fit_teacher, merge_pair, outer, restrict
-from kandistill.distill.separability import (
+from kandistill.distill.discover.recursive import fit_teacher, merge_pair, outer, restrict
+from kandistill.distill.discover.separability import (
     BoxTeacher,
     additive_split,
     irrelevant,

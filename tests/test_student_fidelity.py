@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from kandistill.distill import train as train_stage
-from kandistill.distill.targets import generate_targets, sample_inputs
-from kandistill.distill.train import StudentSpec, TrainConfig, TrainError, distill, learning_rate
+from kandistill.distill.targets.cache import generate_targets, sample_inputs
+from kandistill.distill.train import loop as train_stage
+from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, distill, learning_rate
 from kandistill.students import KAN, smoothness_penalty
 from kandistill.teachers.mlp import MLPTeacher
 from kandistill.teachers.schema import FeatureSchema, NumericFeature

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from kandistill.distill.lock import FolderBusyError, folder_lock, remove_dead_temporaries
-from kandistill.distill.targets import CacheError, SoftTargetCache, generate_targets, read_inputs, sample_inputs
+from kandistill.distill.targets.cache import CacheError, SoftTargetCache, generate_targets, read_inputs, sample_inputs
+from kandistill.distill.targets.lock import FolderBusyError, folder_lock, remove_dead_temporaries
 from kandistill.teachers.causal_lm import CausalLMTeacher
 from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
 from kandistill.teachers.mlp import MLP, MLPTeacher
@@ -209,7 +209,7 @@ def test_a_damaged_merged_dataset_is_rebuilt_from_the_shards(made_cache, cache_c
     arrow = merged_arrow(cache_copy)
     stamps = {p: p.stat().st_mtime_ns for p in cache_copy.glob("shards/*/shard.json")}
     DAMAGE[damage](arrow)
-    with caplog.at_level("WARNING", logger="kandistill.distill.targets"):
+    with caplog.at_level("WARNING", logger="kandistill.distill.targets.cache"):
         if via == "load":
             cache = SoftTargetCache.load(cache_copy)
         else:
@@ -289,7 +289,7 @@ def test_an_output_named_like_a_feature_is_refused(tmp_path, one_thread):
 
 HOLD_LOCK = """
 import sys
-from kandistill.distill.lock import folder_lock
+from kandistill.distill.targets.lock import folder_lock
 with folder_lock(sys.argv[1], "targets"):
     print("held", flush=True)
     sys.stdin.read()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from kandistill.distill.feynman import FeynmanTableError, feynman_teacher
+from kandistill.distill.discover.feynman import FeynmanTableError, feynman_teacher
 from kandistill.teachers.base import TeacherError
 from kandistill.teachers.causal_lm import CausalLMTeacher
 from kandistill.teachers.embedded import (

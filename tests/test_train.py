@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kandistill.distill.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
-from kandistill.distill.feynman import feynman_teacher
-from kandistill.distill.targets import SoftTargetCache, generate_targets, sample_inputs
-from kandistill.distill.train import StudentSpec, TrainConfig, TrainError, distill
+from kandistill.distill.discover.feynman import feynman_teacher
+from kandistill.distill.targets.cache import SoftTargetCache, generate_targets, sample_inputs
+from kandistill.distill.train.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
+from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, distill
 from kandistill.students import KAN
 from kandistill.teachers.causal_lm import CausalLMTeacher
 from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE

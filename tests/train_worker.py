@@ -19,15 +19,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-import kandistill.distill.checkpoint
-import kandistill.distill.train
-from kandistill.distill.train import StudentSpec, TrainConfig
-from kandistill.distill.train import distill as run_distill
+import kandistill.distill.train.checkpoint
+import kandistill.distill.train.loop
+from kandistill.distill.train.loop import StudentSpec, TrainConfig
+from kandistill.distill.train.loop import distill as run_distill
 
 
 def kill_in_checkpoint(k: int) -> None:
     """SIGKILL this process inside the ``k``-th checkpoint write, before the swap."""
-    write_tensors, count = kandistill.distill.checkpoint.save_file, [0]
+    write_tensors, count = kandistill.distill.train.checkpoint.save_file, [0]
 
     def write_then_die(*args, **kwargs):
         write_tensors(*args, **kwargs)
@@ -35,12 +35,12 @@ def kill_in_checkpoint(k: int) -> None:
         if count[0] == k:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    kandistill.distill.checkpoint.save_file = write_then_die
+    kandistill.distill.train.checkpoint.save_file = write_then_die
 
 
 def record_gradient(out: Path, rank: int) -> None:
     """Save the gradient and loss of the first closure, after they are averaged over processes."""
-    average = kandistill.distill.train.GroupTrainer._average
+    average = kandistill.distill.train.loop.GroupTrainer._average
 
     def average_and_record(self, model, loss):
         result = average(self, model, loss)
@@ -50,7 +50,7 @@ def record_gradient(out: Path, rank: int) -> None:
             save_file({**grads, "loss": result.reshape(1).clone()}, str(path))
         return result
 
-    kandistill.distill.train.GroupTrainer._average = average_and_record
+    kandistill.distill.train.loop.GroupTrainer._average = average_and_record
 
 
 if __name__ == "__main__":
@@ -68,13 +68,13 @@ if __name__ == "__main__":
         kill_in_checkpoint(args.kill_in_checkpoint)
     if args.record_gradient:
         record_gradient(out, rank)
-    steps, train_step = [0], kandistill.distill.train.GroupTrainer.step
+    steps, train_step = [0], kandistill.distill.train.loop.GroupTrainer.step
 
     def counted_step(*args, **kwargs):
         steps[0] += 1
         return train_step(*args, **kwargs)
 
-    kandistill.distill.train.GroupTrainer.step = counted_step
+    kandistill.distill.train.loop.GroupTrainer.step = counted_step
     config = TrainConfig(hidden=[3], steps=30, refine_grid=8, checkpoint_every=args.checkpoint_every, progress=False)
     result = run_distill(args.cache, [StudentSpec("y", ("y",))], out, config)
     (out / f"result-rank{rank}.json").write_text(json.dumps({"fidelity": result.fidelity["y"], "steps": steps[0]}))

@@ -1,14 +1,14 @@
 """Solve for a formula by splitting the problem where a teacher says it splits (AI Feynman's recursion).
 
-:func:`solve` asks a :class:`~kandistill.distill.separability.BoxTeacher`, in this order, whether its function
+:func:`solve` asks a :class:`~kandistill.distill.discover.separability.BoxTeacher`, in this order, whether its function
 ignores an input (then drops it), depends on two inputs only through ``x_i - x_j``, ``x_i + x_j``,
 ``x_i / x_j`` or ``x_i x_j`` (then replaces them by one new input), or splits as ``g(x_A) h(x_B)`` or
 as ``g(x_A) + h(x_B)``, also after a simple outer function (``f^2``, ``1 / f``) or as ``c + g(x_A) h(x_B)``,
 then solves ``g`` and ``h`` as sub-problems: the teacher with the other inputs held at the box's centre
 (for a product, a point where ``f`` is not near 0). Each sub-problem is solved the same way, down to a
 leaf that a small KAN student solves
-(`kandistill.distill.discover.discover_formula`). The parts are composed, the whole formula's constants are
-refitted and snapped against the teacher (`kandistill.distill.extract.snap_constants`), and it is kept only if
+(`kandistill.distill.discover.search.discover_formula`). The parts are composed, the whole formula's constants are
+refitted and snapped against the teacher (`kandistill.distill.extract.edges.snap_constants`), and it is kept only if
 it matches the teacher on fresh points to within the teacher's own error; otherwise the next option
 is tried, the leaf last.
 
@@ -35,11 +35,8 @@ import numpy as np
 import sympy
 import torch
 
-from kandistill.distill.canonical import canonical_on_data
-from kandistill.distill.discover import DiscoverConfig, Discovery, discover_formula
-from kandistill.distill.extract import Extraction, snap_constants
-from kandistill.distill.formula import FormulaError, evaluate
-from kandistill.distill.separability import (
+from kandistill.distill.discover.search import DiscoverConfig, Discovery, discover_formula
+from kandistill.distill.discover.separability import (
     SYMMETRIES,
     BoxTeacher,
     additive_split,
@@ -51,6 +48,9 @@ from kandistill.distill.separability import (
     symmetry,
     symmetry_gradient_residual,
 )
+from kandistill.distill.extract.canonical import canonical_on_data
+from kandistill.distill.extract.edges import Extraction, snap_constants
+from kandistill.distill.extract.formula import FormulaError, evaluate
 from kandistill.teachers.mlp import train_mlp
 from kandistill.teachers.schema import FeatureSchema, NumericFeature
 
@@ -171,7 +171,7 @@ def polynomial(x: torch.Tensor, y: torch.Tensor, names: list[str], degree: int =
                deadline: float | None = None) -> sympy.Expr | None:  # fmt: skip
     """The least-squares polynomial of ``degree`` (1 where that would take more than ``max_terms``
     terms) in ``names`` for ``y (batch,)`` at ``x (batch, n)``, float64, its coefficients snapped to
-    simple values (`kandistill.distill.extract.snap_constants`: small ones to 0) unless ``deadline`` (a `time.monotonic`
+    simple values (`extract.edges.snap_constants`: small ones to 0) unless ``deadline`` (a `time.monotonic`
     value) has passed. None when ``y`` is not finite."""
     xs, ys = x.double().numpy(), y.double().numpy()
     if not np.all(np.isfinite(ys)):

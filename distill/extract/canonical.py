@@ -17,7 +17,7 @@ from fractions import Fraction
 import numpy as np
 import sympy
 
-from kandistill.distill.formula import FUNCTIONS, FormulaError, evaluate
+from kandistill.distill.extract.formula import FUNCTIONS, FormulaError, evaluate
 
 MAX_OPS = 500  # sympy.simplify's cost grows fast with size: larger formulas are left as they are
 
@@ -167,7 +167,7 @@ def has_high_powers(expr: sympy.Expr, max_power: int = 8, max_digits: int = 15) 
 
 
 def _writable(expr: sympy.Expr) -> bool:
-    """Does ``expr`` use only the functions of `kandistill.distill.formula.FUNCTIONS` (what a formula file holds)?"""
+    """Does ``expr`` use only the functions of `extract.formula.FUNCTIONS` (what a formula file holds)?"""
     allowed = set(FUNCTIONS.values())
     return all(type(f) in allowed for f in expr.atoms(sympy.Function))
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kandistill.distill.fit import FitConfig, fit_kan
+from kandistill.distill.train.fit import FitConfig, fit_kan
 from kandistill.students import KAN
 
 logger = logging.getLogger(__name__)

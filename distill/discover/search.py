@@ -12,7 +12,7 @@ search stops at the first formula that is exact to ``exact_r2`` (or that no rich
 beat by ``simplicity_margin``). A formula that is not finite on every row, or scores below
 ``min_r2``, is never returned. A formula found through the logarithm has its constants rounded once more in
 the target's own space, where ``exp`` merged them (``2 * 2.737 * exp(-1.7) Nn mu`` is ``Nn mu``). The formula
-returned is in canonical form (`kandistill.distill.canonical`:
+returned is in canonical form (`kandistill.distill.extract.canonical`:
 ratios of exponentials as ``tanh``, the shortest simplification).
 """
 
@@ -27,9 +27,9 @@ import numpy as np
 import sympy
 import torch
 
-from kandistill.distill.canonical import canonical_on_data
-from kandistill.distill.extract import Extraction, extract_formula, snap_constants
-from kandistill.distill.schedule import ScheduleConfig, sparse_fit
+from kandistill.distill.extract.canonical import canonical_on_data
+from kandistill.distill.extract.edges import Extraction, extract_formula, snap_constants
+from kandistill.distill.train.schedule import ScheduleConfig, sparse_fit
 from kandistill.students import KAN
 
 logger = logging.getLogger(__name__)

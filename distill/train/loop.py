@@ -4,7 +4,7 @@
 fidelity table measured on held-out rows that training never sees.
 
 * Students of the same kind and output size train as **one ensemble** (the KAN's leading
-  dimension): one batched forward for all, a loss per member (`kandistill.distill.losses`), early stopping per
+  dimension): one batched forward for all, a loss per member (`kandistill.distill.train.losses`), early stopping per
   member on its held-out loss. A member that has stopped leaves the ensemble, so it costs nothing
   more. With Adam every parameter's update depends only on its own gradient, so a member trained in
   an ensemble follows the same path as when trained alone with the same seed.
@@ -20,7 +20,7 @@ fidelity table measured on held-out rows that training never sees.
   rows on every process, so every process takes the same decisions. The result is the one-process
   loss and gradient summed in another order: equal to float rounding, not bit for bit, and L-BFGS
   can carry such differences to a different (about as good) student.
-* **Checkpoints** (`kandistill.distill.checkpoint`) every ``checkpoint_every`` steps and between phases, with
+* **Checkpoints** (`kandistill.distill.train.checkpoint`) every ``checkpoint_every`` steps and between phases, with
   the optimiser's state and the cache's fingerprint: a killed run resumes where it stopped, and a
   checkpoint made on another cache or config is refused.
 
@@ -44,16 +44,16 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from kandistill.distill.checkpoint import (
+from kandistill.distill.targets.cache import SoftTargetCache
+from kandistill.distill.train.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
     load_snapshot,
     recover_checkpoint,
     save_checkpoint,
 )
-from kandistill.distill.fidelity import label_fidelity, scalar_fidelity
-from kandistill.distill.losses import DEFAULT_LOSS, LOSSES, distillation_loss
-from kandistill.distill.targets import SoftTargetCache
+from kandistill.distill.train.losses import DEFAULT_LOSS, LOSSES, distillation_loss
+from kandistill.distill.train.metrics import label_fidelity, scalar_fidelity
 from kandistill.students import KAN, smoothness_penalty
 from kandistill.students.persistence import atomic_write_bytes
 from kandistill.teachers.base import hash_json

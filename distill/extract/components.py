@@ -1,7 +1,7 @@
 """A student as a short list of named components, each in its plainest faithful form, and the formula they
 add up to.
 
-The student's functional ANOVA (:mod:`kandistill.distill.anova`) gives the parts and their shares of the
+The student's functional ANOVA (:mod:`kandistill.distill.extract.anova`) gives the parts and their shares of the
 variance. Each part is then written as plainly as stays true to it:
 
 - a numeric feature's main effect: ``c * f(a x + b)`` for a library function ``f``, when one fits the
@@ -34,9 +34,9 @@ import numpy as np
 import sympy
 import torch
 
-from kandistill.distill.anova import Decomposition, Part, decompose
-from kandistill.distill.formula import FormulaError, check_score, evaluate, from_trees, indicator, to_tree
-from kandistill.distill.symbolic_fit import fit_symbols, ranked
+from kandistill.distill.extract.anova import Decomposition, Part, decompose
+from kandistill.distill.extract.formula import FormulaError, check_score, evaluate, from_trees, indicator, to_tree
+from kandistill.distill.extract.symbolic_fit import fit_symbols, ranked
 from kandistill.students.symbols import DEFAULT_SYMBOLS, SymbolLibrary
 from kandistill.teachers.schema import CategoricalFeature, FeatureSchema
 
@@ -183,7 +183,7 @@ class ComponentModel:
 
     @classmethod
     def from_json(cls, data: object, schema: FeatureSchema, where: str) -> ComponentModel:
-        """Check and rebuild (trees through `kandistill.distill.formula.from_trees`: nothing is evaluated as code)."""
+        """Check and rebuild (trees through `extract.formula.from_trees`: nothing is evaluated as code)."""
         if not isinstance(data, dict):
             raise FormulaError(f"{where}: expected an object")
         items = data.get("components")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kandistill.distill.losses import label_logprobs
+from kandistill.distill.train.losses import label_logprobs
 
 
 def r2_score(prediction: torch.Tensor, target: torch.Tensor) -> float:

@@ -3,7 +3,7 @@
 The steps, each a function of its own:
 
 1. :func:`auto_symbolic` fits every active edge to every library function at once
-   (:mod:`kandistill.distill.symbolic_fit`) and fixes each edge to its chosen ``c * f(a x + b) + d``;
+   (:mod:`kandistill.distill.extract.symbolic_fit`) and fixes each edge to its chosen ``c * f(a x + b) + d``;
 2. :func:`refit` trains what is left (the affine constants and the biases) on the data;
 3. :func:`compose` writes the network as one sympy expression in the feature names;
 4. :func:`snap_constants` replaces constants by simple values (integers, small fractions,
@@ -26,9 +26,8 @@ import numpy as np
 import sympy
 import torch
 
-from kandistill.distill.canonical import cheap_to_simplify, has_high_powers
-from kandistill.distill.fit import FitConfig, fit_kan
-from kandistill.distill.formula import (
+from kandistill.distill.extract.canonical import cheap_to_simplify, has_high_powers
+from kandistill.distill.extract.formula import (
     FormulaError,
     check_score,
     check_scores,
@@ -38,7 +37,8 @@ from kandistill.distill.formula import (
     read_json,
     to_tree,
 )
-from kandistill.distill.symbolic_fit import choose, fit_symbols
+from kandistill.distill.extract.symbolic_fit import choose, fit_symbols
+from kandistill.distill.train.fit import FitConfig, fit_kan
 from kandistill.students import KAN
 from kandistill.students.persistence import atomic_write_bytes
 
@@ -75,7 +75,7 @@ class Extraction:
     def callable(self, backend: str = "numpy"):
         """``f(x)`` with ``x`` of shape ``(batch, n_features)`` -> ``(batch, n_outputs)``.
 
-        numpy: `kandistill.distill.formula.evaluate` (a tree walk, no generated code). Other backends: lambdify with
+        numpy: `extract.formula.evaluate` (a tree walk, no generated code). Other backends: lambdify with
         dummy symbols, after checking that every symbol is a feature: lambdify writes the names of symbols
         that are not arguments into the generated source, where a name such as ``__import__('os')...`` runs.
         """
@@ -394,7 +394,7 @@ def snap_constants(
     grows with the square of the number of constants; at most ``max_tries`` constants are tried (none after
     ``deadline``, a `time.monotonic` value),
     and only a small result free of trigonometric functions is passed to ``sympy.simplify``
-    (`kandistill.distill.canonical.cheap_to_simplify`), whose cost grows fast with size.
+    (`kandistill.distill.extract.canonical.cheap_to_simplify`), whose cost grows fast with size.
     ``x``: ``(batch, n_features)``; ``reference``: ``(batch,)``.
     """
     scorer = _Scorer(features, x, reference)

@@ -1,10 +1,10 @@
 """The AI Feynman equation table: read it, sample an equation, and train an MLP teacher on one.
 
 A table (``Filename, Number, Output, Formula, # variables, v1_name, v1_low, v1_high, ...``) is read from
-a path. Without one, the few equations that ship inside the package (``distill/data/feynman_examples.csv``:
+a path. Without one, the few equations that ship inside the package (``distill/discover/data/feynman_examples.csv``:
 the demo's I.12.1, I.14.4 and I.6.2, written in the table's format) are read with `importlib.resources`,
 so the demo works from an installed wheel. The whole AI Feynman table is benchmark data, not shipped:
-``scripts/bench_feynman.py`` takes its path. Formulas are parsed by `kandistill.distill.formula.parse_formula` (an
+``scripts/bench_feynman.py`` takes its path. Formulas are parsed by `extract.formula.parse_formula` (an
 allow-listed AST walk), never evaluated.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 import sympy
 import torch
 
-from kandistill.distill.canonical import equivalent_up_to_constant
-from kandistill.distill.formula import evaluate, parse_formula
+from kandistill.distill.extract.canonical import equivalent_up_to_constant
+from kandistill.distill.extract.formula import evaluate, parse_formula
 from kandistill.teachers.mlp import MLPTeacher, train_mlp
 from kandistill.teachers.schema import FeatureSchema, NumericFeature
 
@@ -59,11 +59,11 @@ MAX_OPS_TO_SIMPLIFY = 500
 
 def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: np.ndarray) -> bool:
     """SRBench's rule: ``found - truth`` or ``found / truth`` simplifies to a constant, in some common
-    form (`kandistill.distill.canonical.equivalent_up_to_constant`: as written, canonical, or rewritten with ``exp``).
+    form (`extract.canonical.equivalent_up_to_constant`: as written, canonical, or rewritten with ``exp``).
     A variable positive on every row of ``x`` is positive for sympy too: ``-n log(V1 / V2)`` is
     ``n log(V2 / V1)`` only for positive volumes.
 
-    Evaluated by `kandistill.distill.formula.evaluate` (no generated code); a formula of more than
+    Evaluated by `kandistill.distill.extract.formula.evaluate` (no generated code); a formula of more than
     ``MAX_OPS_TO_SIMPLIFY`` operations is not simplified (sympy could take hours) and counts as not recovered.
     """
     with np.errstate(all="ignore"):
@@ -85,7 +85,7 @@ def is_recovered(found: sympy.Expr, truth: sympy.Expr, variables: list[str], x: 
 def read_feynman_csv(path: str | Path | None = None) -> list[FeynmanEquation]:
     """The equations of an AI Feynman CSV (blank rows skipped); without ``path``, the built-in examples."""
     if path is None:
-        text = resources.files("kandistill.distill").joinpath("data", EXAMPLES).read_text(encoding="utf-8-sig")
+        text = resources.files("kandistill.distill.discover").joinpath("data", EXAMPLES).read_text(encoding="utf-8-sig")
         source = EXAMPLES
     else:
         path = Path(path)

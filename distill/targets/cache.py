@@ -7,7 +7,7 @@ A cache is a folder::
                          each merged Arrow file (``dataset_files``)
     shards/shard-00003/  one `datasets` Arrow folder per ``shard_size`` rows, plus shard.json
     dataset/             all shards merged, memory-mapped on load once its bytes match the manifest
-    .lock-rank0, ...     each process's lock (`kandistill.distill.lock`): a second run into the folder is refused
+    .lock-rank0, ...     each process's lock (`targets.lock`): a second run into the folder is refused
 
 Each process of an `accelerate` run (or a plain single process) computes the shards ``rank,
 rank + world, ...``. A shard is written under a temporary name and renamed once complete, so a
@@ -40,7 +40,7 @@ from accelerate import PartialState
 from scipy.stats import qmc
 from tqdm.auto import tqdm
 
-from kandistill.distill.lock import file_lock, folder_lock, remove_dead_temporaries
+from kandistill.distill.targets.lock import file_lock, folder_lock, remove_dead_temporaries
 from kandistill.students.persistence import atomic_write_bytes
 from kandistill.teachers.base import Teacher, hash_files, hash_json, process_state
 from kandistill.teachers.names import InvalidNameError, check_slug
@@ -350,7 +350,7 @@ def generate_targets(
 
     Under ``accelerate launch`` (or torchrun) every process computes its share of shards; the main
     process merges them. Returns the merged cache on every process. Each process holds its rank's
-    lock on the folder throughout (`kandistill.distill.lock.folder_lock`), so a second run into the same
+    lock on the folder throughout (`kandistill.distill.targets.lock.folder_lock`), so a second run into the same
     folder is refused with `FolderBusyError` before it writes anything. ``progress``: a bar of the rows
     answered (on the main process of each machine, on stderr).
     """
