@@ -334,7 +334,7 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache,
             output = {"target": target, "form": "components", "tree": to_tree(model.formula),
                       "components": model.to_json()}  # fmt: skip
             if config.extract.mode == "formula":
-                error = float(np.sqrt(np.mean((student_val[:, j] - teacher_y[:, j]) ** 2)))
+                error = scalar_fidelity(torch.as_tensor(student_val[:, j]), torch.as_tensor(teacher_y[:, j]))["rmse"]
                 left = config.extract.seconds - (time.monotonic() - start)
                 output.update(_single_expression(config, surrogate, j, schema, x_fit, x_val, student_val[:, j],
                                                  error, left))  # fmt: skip
