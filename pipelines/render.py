@@ -23,7 +23,7 @@ import yaml
 from kandistill.distill.extract.formula import rounded
 from kandistill.pipelines import checks
 from kandistill.pipelines.config import RunConfig
-from kandistill.students.persistence import atomic_write_bytes
+from kandistill.students.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from kandistill.pipelines.report import StudentAudit
@@ -249,8 +249,10 @@ def write_html(
     for name, text in teacher["templates"].items():
         parts.append(f"<h3>Prompt wording <code>{h(name)}</code> (verbatim)</h3><pre>{h(text)}</pre>")
     if teacher["chat"]:
-        parts.append("<p>Each prompt is a user turn of the model's chat template; the answer is read after the "
-                     "assistant prefix.</p>")
+        parts.append(
+            "<p>Each prompt is a user turn of the model's chat template; the answer is read after the "
+            "assistant prefix.</p>"
+        )
     if teacher["labels"]:
         parts.append("<h3>Label words (the tokens whose probabilities are read)</h3>")
         parts.append(_grid(["label", "words (verbatim, quoted)"], [[k, repr(v)] for k, v in teacher["labels"].items()]))
@@ -317,8 +319,10 @@ def write_markdown(path: Path, config: RunConfig, audits: list[StudentAudit], fi
         lines += ["", f"Prompt wording {md_code(name)} (verbatim):", ""]
         lines += [f"- {md_code(line)}" for line in text.splitlines() or [""]]
     if teacher["chat"]:
-        lines += ["", "Each prompt is a user turn of the model's chat template; the answer is read after the assistant "
-                  "prefix."]
+        lines += [
+            "",
+            "Each prompt is a user turn of the model's chat template; the answer is read after the assistant prefix.",
+        ]
     if teacher["labels"]:
         lines += ["", "| label | words (verbatim, quoted) |", "|---|---|"]
         lines += [f"| {md_text(k)} | {md_text(repr(v))} |" for k, v in teacher["labels"].items()]

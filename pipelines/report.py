@@ -69,7 +69,7 @@ from kandistill.pipelines.plots import component_plot, formula_image, importance
 from kandistill.pipelines.render import VERDICT_WORDS, model_card, output_unit, print_pdf, write_html, write_markdown
 from kandistill.pipelines.runner import RunFolder, build_teacher, student_specs
 from kandistill.pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
-from kandistill.students.persistence import atomic_write_bytes
+from kandistill.students.files import atomic_write_json
 from kandistill.teachers.base import Progress, Teacher, hash_json
 from kandistill.teachers.schema import CategoricalFeature, FeatureSchema
 from kandistill.teachers.template import TEMPLATE_FEATURE
@@ -443,8 +443,9 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, pr
     x_val = cache.features()[val_rows[: config.checks.rows]]
     specs = student_specs(config)
     total = len(specs) * teacher_rows(config, cache.schema, len(x_val))
-    bar = tqdm(total=total, unit="row", desc="audit: teacher on counterfactual inputs",
-               disable=not (progress and total))
+    bar = tqdm(
+        total=total, unit="row", desc="audit: teacher on counterfactual inputs", disable=not (progress and total)
+    )
     audits = [audit_student(config, folder, cache, teacher, spec, x_val, plots, i, bar.update)
               for i, spec in enumerate(specs)]  # fmt: skip
     bar.close()
@@ -453,17 +454,17 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, pr
     findings = headline(audits)
     for audit in audits:
         model_card(folder.train / "students" / audit.name, audit, provenance)
-    atomic_write_bytes(report / "provenance.json", json.dumps(provenance, indent=2, default=str).encode())
+    atomic_write_json(report / "provenance.json", provenance, default=str)
     write_markdown(report / "report.md", config, audits, findings, provenance)
     write_html(report / "index.html", config, audits, findings, provenance)
     summary = {"findings": findings, "students": {a.name: {"fidelity": a.fidelity, "importance": a.importance,
                "monotonic": a.monotonic, "protected": a.protected,
                "formula": a.formula.text[0] if a.formula else None,
                "components": components_data(a.components)} for a in audits}}  # fmt: skip
-    atomic_write_bytes(report / "audit.json", json.dumps(summary, indent=2).encode())
+    atomic_write_json(report / "audit.json", summary)
     if config.audit.pdf:
         logger.info("audit: printing report.pdf with headless Chromium")
         print_pdf(report / "index.html", report / "report.pdf")
-    atomic_write_bytes(stamp_path, json.dumps({"stamp": stamp}).encode())
+    atomic_write_json(stamp_path, {"stamp": stamp})
     logger.info("audit: %d finding(s); report at %s", len(findings), report / "index.html")
     return report / "index.html"

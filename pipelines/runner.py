@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import sympy
@@ -49,7 +48,7 @@ from kandistill.distill.train.loop import StudentSpec, TrainConfig, distill, spl
 from kandistill.distill.train.metrics import label_fidelity, r2_score, scalar_fidelity
 from kandistill.pipelines.config import RunConfig
 from kandistill.pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
-from kandistill.students.persistence import atomic_write_bytes
+from kandistill.students.files import atomic_write_bytes, atomic_write_json
 from kandistill.teachers.base import Teacher, TeacherError, hash_json, process_state
 from kandistill.teachers.causal_lm import CausalLMTeacher
 from kandistill.teachers.embedded import LoanRule, build_loan_llama, diabetes_teacher
@@ -103,10 +102,6 @@ class RunFolder:
     @property
     def report(self) -> Path:
         return self.root / "report"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
 
 
 def _read_stamp(path: Path) -> str | None:
@@ -174,7 +169,7 @@ def check_run_folder(root: Path) -> None:
 
 def _mark_run_folder(root: Path) -> None:
     if not (root / RUN_MARKER).is_file():
-        _write_json(root / RUN_MARKER, {"kandistill": "run folder"})
+        atomic_write_json(root / RUN_MARKER, {"kandistill": "run folder"})
 
 
 def build_embedded(config: RunConfig, folder: RunFolder, progress: bool = True) -> None:
@@ -206,7 +201,7 @@ def build_embedded(config: RunConfig, folder: RunFolder, progress: bool = True) 
         )
         teacher.save_pretrained(folder.teacher)
     files = sorted(p.name for p in folder.teacher.iterdir())
-    _write_json(path, {"stamp": stamp, "files": files})
+    atomic_write_json(path, {"stamp": stamp, "files": files})
 
 
 def build_teacher(config: RunConfig, folder: RunFolder, alone: bool = False, progress: bool = True) -> Teacher:
@@ -275,7 +270,7 @@ def stage_train(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, pr
     def fresh_folder() -> None:
         if _read_stamp(folder.train / "stamp.json") != stamp:
             _clear(folder.train, TRAIN_OUTPUTS)
-            _write_json(folder.train / "stamp.json", {"stamp": stamp})
+            atomic_write_json(folder.train / "stamp.json", {"stamp": stamp})
 
     main_process_first(fresh_folder)
     logger.info("train: %d student(s) on %d rows", len(config.students), len(cache))
@@ -341,12 +336,14 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache,
             outputs.append(output)
             bar.update()
         record = {"student": spec.name, "features": schema.names, "outputs": outputs, "fidelity_vs_teacher": {}}
-        _write_json(path, record)  # unstamped (a kill here redoes the stage); read back to measure what it holds
+        atomic_write_json(
+            path, record, default=str
+        )  # unstamped (a kill here redoes the stage); read back to measure what it holds
         formula_y = np.stack([read_formula_record(path, schema).predict(k, schema.decode(x_val))
                               for k in range(len(outputs))], 1)  # fmt: skip
         measure = label_fidelity if spec.kind == "labels" else scalar_fidelity
         fidelity = measure(torch.as_tensor(formula_y), torch.as_tensor(teacher_y))
-        _write_json(path, {"stamp": stamp, **record, "fidelity_vs_teacher": fidelity})
+        atomic_write_json(path, {"stamp": stamp, **record, "fidelity_vs_teacher": fidelity}, default=str)
         results[spec.name] = read_formula_record(path, schema)
         for target, text in zip(results[spec.name].targets, results[spec.name].text, strict=True):
             logger.info("extract: %s = %s", target, text)

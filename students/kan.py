@@ -8,81 +8,16 @@ new network; those that keep it (``update_grid``, ``fix_symbolic``) work in plac
 
 from __future__ import annotations
 
-import reprlib
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 from torch import nn
 
+from kandistill.students.config import KANConfig
 from kandistill.students.layer import KANLayer
+from kandistill.students.persistence import read_kan_files, write_kan_files
 from kandistill.students.symbols import DEFAULT_SYMBOLS, SymbolLibrary
-
-
-@dataclass
-class KANConfig:
-    """Everything needed to rebuild a KAN's shape; stored as ``config.json``."""
-
-    width: list[int]
-    grid: int = 5
-    k: int = 3
-    ensemble: int = 1
-    grid_range: tuple[float, float] = (-1.0, 1.0)
-    noise_scale: float = 0.3
-    base_scale: float = 1.0
-    seed: int | None = None
-    compiled_basis: bool = False
-    symbols: list[str] = field(default_factory=lambda: DEFAULT_SYMBOLS.names())
-
-    def __post_init__(self) -> None:
-        # A config may come from a file: check every field's type before anything is built from it.
-        # bool is an int subclass, so ``True`` would pass for a width of 1 without the explicit test.
-        width = self.width
-        if not isinstance(width, (list, tuple)) or len(width) < 2 or not all(_is_int(w) and w >= 1 for w in width):
-            _refuse("width", "a list of at least two positive integers", width)
-        self.width = list(self.width)
-        for name in ("grid", "k", "ensemble"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                _refuse(name, "a positive integer", value)
-        if not (
-            isinstance(self.grid_range, (list, tuple))
-            and len(self.grid_range) == 2
-            and all(map(_is_finite, self.grid_range))
-            and self.grid_range[0] < self.grid_range[1]
-        ):
-            _refuse("grid_range", "(low, high): finite numbers with low < high", self.grid_range)
-        self.grid_range = tuple(self.grid_range)
-        for name in ("noise_scale", "base_scale"):
-            if not _is_finite(getattr(self, name)):
-                _refuse(name, "a finite number", getattr(self, name))
-        if self.seed is not None and not (_is_int(self.seed) and -(2**63) <= self.seed < 2**63):
-            _refuse("seed", "null or an integer in [-2**63, 2**63)", self.seed)
-        if not isinstance(self.compiled_basis, bool):
-            _refuse("compiled_basis", "true or false", self.compiled_basis)
-        if not isinstance(self.symbols, list) or not all(isinstance(s, str) for s in self.symbols):
-            _refuse("symbols", "a list of symbol names", self.symbols)
-        if len(set(self.symbols)) != len(self.symbols):
-            _refuse("symbols", "distinct names", self.symbols)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite(value: object) -> bool:
-    """A real number within float range (``math.isfinite`` would overflow on a 400-digit int)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
-
-
-def _refuse(field: str, expected: str, value: object) -> NoReturn:
-    """Raise the config error; ``reprlib`` keeps a 200,000-entry list from flooding the message."""
-    raise ValueError(f"KAN {field}: expected {expected}, got {reprlib.repr(value)}")
 
 
 @dataclass
@@ -360,17 +295,27 @@ class KAN(nn.Module):
         )  # fmt: skip
 
     def save_pretrained(self, directory: str | Path, provenance: dict[str, str] | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (with ``provenance`` in its metadata)."""
-        from kandistill.students.persistence import save_kan
+        """Write ``config.json`` and ``model.safetensors`` (with ``provenance`` in its metadata).
 
-        return save_kan(self, Path(directory), provenance)
+        A model beyond the load limits (``kandistill.students.persistence.MAX_*``) is refused, so none is
+        written that :meth:`from_pretrained` cannot read.
+        """
+        tensors = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
+        return write_kan_files(Path(directory), self.config, tensors, {**self.provenance, **(provenance or {})})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, symbols: SymbolLibrary = DEFAULT_SYMBOLS) -> KAN:
-        """Load a KAN saved by :meth:`save_pretrained`, checking the config against the tensors."""
-        from kandistill.students.persistence import load_kan
+        """Load a KAN saved by :meth:`save_pretrained`, checking the config against the tensors.
 
-        return load_kan(Path(directory), symbols)
+        The model works in its own units: inputs scaled to its grid (``[-1, 1]`` for a trained student)
+        and standardised outputs. A student of a run, in the features' and the targets' units, is
+        ``kandistill.Surrogate.from_run(run, name)`` (which reads the scaling from ``student.json``).
+        """
+        config, tensors, provenance = read_kan_files(Path(directory), symbols)
+        model = cls.from_config(config, symbols)
+        model.to(tensors["layers.0.coef"].dtype).load_state_dict(tensors)
+        model.provenance = provenance
+        return model
 
 
 def smoothness_penalty(model: KAN) -> torch.Tensor:

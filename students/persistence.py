@@ -1,4 +1,5 @@
-"""Saving and loading KANs the Hugging Face way: ``config.json`` + ``model.safetensors``.
+"""A KAN's files, the Hugging Face way: ``config.json`` + ``model.safetensors`` (`KAN.save_pretrained` and
+`KAN.from_pretrained` build on these).
 
 Writes are atomic (a temporary name, then a rename), so an interrupted save never leaves a
 half-written file. A saved student is data, checked in full before a model is built from it:
@@ -13,9 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import reprlib
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from kandistill.students.kan import KAN, KANConfig
+from kandistill.students.config import KANConfig
+from kandistill.students.files import atomic_write_bytes, atomic_write_json
 from kandistill.students.symbols import SymbolLibrary
 
 
@@ -55,21 +55,6 @@ _DTYPE_NAMES = {  # safetensors' dtype codes
 }  # fmt: skip
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _library_version() -> str:
     try:
         return metadata.version("kandistill")
@@ -77,29 +62,22 @@ def _library_version() -> str:
         return "unknown"
 
 
-def save_kan(model: KAN, directory: Path, provenance: dict[str, str] | None = None) -> Path:
-    """Save ``model`` into ``directory``; ``provenance`` strings go into the safetensors metadata.
-
-    A model beyond the load limits (see ``MAX_*`` above) is refused here, so none is written that cannot be read.
+def write_kan_files(directory: Path, config: KANConfig, tensors: dict[str, torch.Tensor],
+                    provenance: dict[str, str]) -> Path:  # fmt: skip
+    """Write a KAN's config and tensors into ``directory``; ``provenance`` strings go into the safetensors
+    metadata. A config beyond the load limits (see ``MAX_*`` above) is refused, so nothing unreadable is written.
     """
-    metadata_ = {
-        "format": "pt",
-        "kandistill_version": _library_version(),
-        "torch_version": torch.__version__,
-        **model.provenance,
-        **(provenance or {}),
-    }
+    metadata_ = {"format": "pt", "kandistill_version": _library_version(), "torch_version": torch.__version__,
+                 **provenance}  # fmt: skip
     bad = {k: type(v).__name__ for k, v in metadata_.items() if not isinstance(v, str)}
     if bad:
         raise TypeError(f"provenance values must be strings; got {bad}")
     try:
-        _check_limits(model.config)
+        _check_limits(config)
     except ValueError as err:
         raise StudentFileError(f"{directory}: cannot save a KAN that from_pretrained would refuse: {err}") from None
-    tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
-    config = {"model_type": "kan", **model.config.to_dict()}
     atomic_write_bytes(directory / WEIGHTS_NAME, safetensors.torch.save(tensors, metadata=metadata_))
-    atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write_json(directory / CONFIG_NAME, {"model_type": "kan", **config.to_dict()})
     return directory
 
 
@@ -164,11 +142,9 @@ def _read_config(path: Path) -> KANConfig:
 
 def _check_header(
     header: dict[str, tuple[tuple[int, ...], str]], config: KANConfig, config_path: Path, weights_path: Path
-) -> torch.dtype:
-    """Compare the tensors' names, shapes and dtypes (read from the header alone) with ``config``.
-
-    Returns the model's floating dtype: every tensor but ``sym_index`` must have it.
-    """
+) -> None:
+    """Compare the tensors' names, shapes and dtypes (read from the header alone) with ``config``: every tensor
+    but ``sym_index`` must have the model's one floating dtype."""
     expected = implied_shapes(config)
     missing, unexpected = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
     if missing or unexpected:
@@ -196,7 +172,6 @@ def _check_header(
         if dtype_of(name) != expected_dtype:
             raise StudentFileError(f"{weights_path}: tensor {name!r} has dtype {dtype_of(name)}; "
                                    f"expected {expected_dtype}")  # fmt: skip
-    return getattr(torch, model_dtype)
 
 
 def _check_values(tensors: dict[str, torch.Tensor], n_symbols: int, path: Path) -> None:
@@ -219,10 +194,12 @@ def _check_values(tensors: dict[str, torch.Tensor], n_symbols: int, path: Path) 
             )
 
 
-def load_kan(directory: Path, symbols: SymbolLibrary) -> KAN:
-    """Load a KAN from ``directory``; see :meth:`KAN.from_pretrained`.
+def read_kan_files(
+    directory: Path, symbols: SymbolLibrary
+) -> tuple[KANConfig, dict[str, torch.Tensor], dict[str, str]]:
+    """A KAN's checked config, tensors (in the model's dtype) and provenance from ``directory``.
 
-    Everything is checked before the model is built: the config's types and sizes (see the
+    Everything is checked before a model can be built: the config's types and sizes (see the
     limits above), then the tensors' names, shapes and dtypes from the safetensors header, then
     their values, so a tampered or corrupt folder fails with an error naming the file.
     """
@@ -238,13 +215,9 @@ def load_kan(directory: Path, symbols: SymbolLibrary) -> KAN:
         with safetensors.safe_open(weights_path, framework="pt") as f:  # one open: one consistent view of the file
             provenance = f.metadata() or {}
             header = {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
-            dtype = _check_header(header, config, config_path, weights_path)
+            _check_header(header, config, config_path, weights_path)
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (safetensors.SafetensorError, OSError) as err:
         raise StudentFileError(f"{weights_path}: not a readable safetensors file ({err})") from None
     _check_values(tensors, len(config.symbols), weights_path)
-
-    model = KAN.from_config(config, symbols)
-    model.to(dtype).load_state_dict(tensors)
-    model.provenance = {k: v for k, v in provenance.items() if k != "format"}
-    return model
+    return config, tensors, {k: v for k, v in provenance.items() if k != "format"}

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from kandistill.students.persistence import atomic_write_bytes
+from kandistill.students.files import atomic_write_json
 from kandistill.teachers.base import TeacherError
 
 logger = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def dequantised_folder(path: str | Path, cache_dir: str | Path | None = None) ->
         partial = root / f".{sha256}.tmp-{os.getpid()}"
         try:
             dequantise(path, partial)
-            atomic_write_bytes(partial / SOURCE_FILE, json.dumps(source.to_dict(), indent=2).encode())
+            atomic_write_json(partial / SOURCE_FILE, source.to_dict())
             partial.rename(folder)
         finally:
             if partial.exists():

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
-from kandistill.students.persistence import atomic_write_bytes
+from kandistill.students.files import atomic_write_bytes, atomic_write_json
 from kandistill.teachers.base import Progress, Teacher, TeacherError, hash_tensors
 from kandistill.teachers.schema import Batch, FeatureSchema
 
@@ -138,7 +138,7 @@ class MLPTeacher(Teacher):
         weights = save(state, metadata={"format": "pt", "fingerprint": self.fingerprint()})
         atomic_write_bytes(folder / WEIGHTS_NAME, weights)
         config = {"schema": self.schema.to_dict(), "outputs": self._outputs, **self.describe()}
-        atomic_write_bytes(folder / CONFIG_NAME, json.dumps(config, indent=2).encode())
+        atomic_write_json(folder / CONFIG_NAME, config)
         return folder
 
     @classmethod

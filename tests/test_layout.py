@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import kandistill
 
@@ -24,3 +26,78 @@ def test_importing_kandistill_imports_no_heavy_library():
     code = f"import json, sys, kandistill; print(json.dumps(sorted({heavy} & set(sys.modules))))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(loaded) == []
+
+
+ROOT = Path(kandistill.__file__).parent
+LIBRARY = ("students", "teachers", "distill", "pipelines")
+ALLOWED = {  # which sub-packages each may import: arrows only point down
+    "students": {"students"},
+    "teachers": {"teachers", "students"},
+    "distill": {"distill", "teachers", "students"},
+    "pipelines": {"pipelines", "distill", "teachers", "students"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = ["kandistill", *path.relative_to(ROOT).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """Every library module that ``path`` imports anywhere (in functions too, not under TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(node) for top in ast.walk(tree) if isinstance(top, ast.If)
+                   and ast.unparse(top.test).endswith("TYPE_CHECKING") for node in ast.walk(top)}  # fmt: skip
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = [p for sub in LIBRARY for p in (ROOT / sub).rglob("*.py")]
+    modules = {_module_name(p) for p in files}
+    return {_module_name(p): _imports(p, modules) for p in files}
+
+
+def test_the_library_has_no_import_cycle():
+    graph = import_graph()
+    done, path = set(), []
+
+    def visit(module):
+        if module in path:
+            cycle = path[path.index(module):] + [module]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if module in done:
+            return
+        path.append(module)
+        for target in sorted(graph[module]):
+            visit(target)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+
+
+def test_imports_only_point_down():
+    upward = [f"{m} imports {t}" for m, targets in import_graph().items() for t in targets
+              if t.split(".")[1] not in ALLOWED[m.split(".")[1]]]  # fmt: skip
+    assert upward == []

@@ -112,8 +112,10 @@ def feynman_equation(name: str, path: str | Path | None = None) -> FeynmanEquati
     equations = {eq.name: eq for eq in read_feynman_csv(path)}
     if name not in equations:
         if path is None:
-            raise FeynmanTableError(f"no equation {name!r} among the built-in examples ({', '.join(equations)}); "
-                                    "for the others, pass the path of the AI Feynman table (FeynmanEquations.csv)")
+            raise FeynmanTableError(
+                f"no equation {name!r} among the built-in examples ({', '.join(equations)}); "
+                "for the others, pass the path of the AI Feynman table (FeynmanEquations.csv)"
+            )
         raise FeynmanTableError(f"{path}: no equation {name!r}; it has {', '.join(sorted(equations)[:5])}, ...")
     return equations[name]
 

@@ -450,7 +450,6 @@ class _Solver:
                         return expr
         return None
 
-
     def views(self, teacher: BoxTeacher, test: dict) -> Iterator[tuple]:
         """The views `split` tries, lazily, each as ``(kind, view, check, combine, outer_kind)``: ``f`` as a product,
         as a sum; where ``f`` keeps its sign, ``f^2`` (for a positive ``f``) and ``1 / f`` as sums; last

@@ -15,7 +15,6 @@ teacher, when its outputs are given) on held-out inputs.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,7 @@ from kandistill.distill.extract.formula import (
 from kandistill.distill.extract.symbolic_fit import choose, fit_symbols
 from kandistill.distill.train.fit import FitConfig, fit_kan
 from kandistill.students import KAN
-from kandistill.students.persistence import atomic_write_bytes
+from kandistill.students.files import atomic_write_json
 
 FORMAT_VERSION = 1
 logger = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ class Extraction:
         }
 
     def save(self, path: str | Path) -> None:
-        atomic_write_bytes(Path(path), (json.dumps(self.to_json(), indent=2) + "\n").encode())
+        atomic_write_json(Path(path), self.to_json())
 
     @classmethod
     def from_json(cls, data: object, source: str = "formula") -> Extraction:

@@ -41,7 +41,7 @@ from scipy.stats import qmc
 from tqdm.auto import tqdm
 
 from kandistill.distill.targets.lock import file_lock, folder_lock, remove_dead_temporaries
-from kandistill.students.persistence import atomic_write_bytes
+from kandistill.students.files import atomic_write_json
 from kandistill.teachers.base import Teacher, hash_files, hash_json, process_state
 from kandistill.teachers.names import InvalidNameError, check_slug
 from kandistill.teachers.schema import Batch, CategoricalFeature, FeatureSchema, SchemaError
@@ -188,10 +188,6 @@ def quiet_datasets() -> Iterator[None]:
             datasets.utils.enable_progress_bars()
 
 
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -332,7 +328,8 @@ def _write_shard(folder: Path, columns: Mapping[str, Any], rows: tuple[int, int]
     shutil.rmtree(tmp, ignore_errors=True)
     with quiet_datasets():
         datasets.Dataset.from_dict(dict(columns)).save_to_disk(str(tmp))
-    _write_json(tmp / "shard.json", {"rows": list(rows), "hash": _shard_hash(tmp), "key": key_hash, "process": process})
+    shard = {"rows": list(rows), "hash": _shard_hash(tmp), "key": key_hash, "process": process}
+    atomic_write_json(tmp / "shard.json", shard, sort_keys=True)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -381,8 +378,8 @@ def generate_targets(
             for place in (folder, folder / "shards"):
                 remove_dead_temporaries(place)
             if not (folder / MANIFEST).exists():
-                _write_json(folder / MANIFEST, {**key, "libraries": library_versions(), "shards": [],
-                                                "complete": False})  # fmt: skip
+                manifest = {**key, "libraries": library_versions(), "shards": [], "complete": False}
+                atomic_write_json(folder / MANIFEST, manifest, sort_keys=True)
         state.wait_for_everyone()
 
         spans = _spans(rows, shard_size)
@@ -430,8 +427,8 @@ def _merge(folder: Path, key: Mapping[str, Any], spans: list[tuple[int, int]], k
                 return
             logger.warning("%s; rebuilding the merged dataset from the shards", problem)
         files = _write_merged(folder, parts)
-        _write_json(folder / MANIFEST, {**key, "libraries": library_versions(), "shards": records, "complete": True,
-                                        "dataset_files": files})  # fmt: skip
+        manifest = {**key, "libraries": library_versions(), "shards": records, "complete": True, "dataset_files": files}
+        atomic_write_json(folder / MANIFEST, manifest, sort_keys=True)
 
 
 def _write_merged(folder: Path, parts: list[datasets.Dataset]) -> dict[str, str]:
@@ -503,7 +500,7 @@ def _rebuild(folder: Path) -> dict[str, Any]:
                                  f"merged dataset ({problem}); rerun the targets stage to recompute it")  # fmt: skip
             parts.append(opened[0])
         manifest = {**manifest, "dataset_files": _write_merged(folder, parts)}
-        _write_json(path, manifest)
+        atomic_write_json(path, manifest, sort_keys=True)
     return manifest
 
 

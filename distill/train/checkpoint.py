@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kandistill.students import KAN
-from kandistill.students.persistence import atomic_write_bytes
+from kandistill.students.files import atomic_write_json
 
 TENSOR = "__tensor__"
 
@@ -74,7 +74,7 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] = {}
     record = {**state, "optimizer": flatten_state(optimizer.state_dict(), "", tensors) if optimizer else None}
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    atomic_write_bytes(tmp / "state.json", json.dumps(record, indent=1).encode())  # last, and whole: marks it complete
+    atomic_write_json(tmp / "state.json", record, indent=1)  # last, and whole: marks it complete
     old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     if folder.exists():
         os.replace(folder, old)

@@ -31,7 +31,6 @@ features' and targets' own units.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -55,7 +54,7 @@ from kandistill.distill.train.checkpoint import (
 from kandistill.distill.train.losses import DEFAULT_LOSS, LOSSES, distillation_loss
 from kandistill.distill.train.metrics import label_fidelity, scalar_fidelity
 from kandistill.students import KAN, smoothness_penalty
-from kandistill.students.persistence import atomic_write_bytes
+from kandistill.students.files import atomic_write_json
 from kandistill.teachers.base import hash_json
 from kandistill.teachers.names import InvalidNameError, check_slug
 from kandistill.teachers.schema import FeatureSchema
@@ -641,7 +640,7 @@ def distill(
                              mean[e], std[e], fidelity[spec.name], cache,
                              trainer.selection[e] if trainer.selection else None)  # fmt: skip
     if accelerator.is_main_process:
-        atomic_write_bytes(out / "fidelity.json", json.dumps(fidelity, indent=2).encode())
+        atomic_write_json(out / "fidelity.json", fidelity)
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # not end_training(): it tears down the process group the caller may need
         tracker.finish()
@@ -669,4 +668,4 @@ def save_student(folder: Path, model: KAN, spec: StudentSpec, schema: FeatureSch
         "cache_fingerprint": cache.fingerprint,
         "teacher_fingerprint": cache.manifest["teacher_fingerprint"],
     } | ({"selection": selection} if selection is not None else {})
-    atomic_write_bytes(folder / "student.json", json.dumps(record, indent=2).encode())
+    atomic_write_json(folder / "student.json", record)
