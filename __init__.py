@@ -3,32 +3,21 @@
 The repository's root is this package (``pyproject.toml`` maps it), and its four top-level folders are the
 sub-packages, each depending only on those below it: ``kandistill.pipelines`` (config, runner, CLI, audit,
 `Surrogate`) -> ``kandistill.distill`` (the engines of each stage) -> ``kandistill.teachers`` (models that
-answer inputs) and ``kandistill.students`` (the KAN). The public names below are imported on first use,
-so ``import kandistill`` imports no torch.
+answer inputs) and ``kandistill.students`` (the KAN). The public names below are imported on first use
+(`lazy_loader`), so ``import kandistill`` imports no torch.
 """
 
-from __future__ import annotations
+import lazy_loader
 
-from importlib import import_module
-from typing import Any
-
-_PUBLIC = {
-    "KAN": "kandistill.students",
-    "CausalLMTeacher": "kandistill.teachers.causal_lm",
-    "EncoderTeacher": "kandistill.teachers.encoder",
-    "MLPTeacher": "kandistill.teachers.mlp",
-    "Surrogate": "kandistill.pipelines.surrogate",
-    "read_config": "kandistill.pipelines.config",
-    "run": "kandistill.pipelines.runner",
-}
-__all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'kandistill' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "students": ["KAN"],
+        "teachers.causal_lm": ["CausalLMTeacher"],
+        "teachers.encoder": ["EncoderTeacher"],
+        "teachers.mlp": ["MLPTeacher"],
+        "pipelines.surrogate": ["Surrogate"],
+        "pipelines.config": ["read_config"],
+        "pipelines.runner": ["run"],
+    },
+)

@@ -2,7 +2,7 @@
 
 - `kandistill.distill.targets`: sampling the teacher's inputs, the sharded, resumable soft-target cache
   (`SoftTargetCache`), folder locks;
-- `kandistill.distill.train`: the training loop (`distill`), the fitting inner loop and its schedule,
+- `kandistill.distill.train`: the training loop (`train_students`), the fitting inner loop and its schedule,
   losses, checkpoints, the fidelity metrics;
 - `kandistill.distill.extract`: per-edge symbolic fits, formulas as data (allow-listed trees), canonical
   forms, the functional ANOVA and the components of a student;
@@ -12,7 +12,3 @@
 Arrows point down the list only in the other direction: ``discover`` uses ``extract`` and ``train``;
 ``extract`` uses ``train``'s fitting; ``train`` uses ``targets``.
 """
-
-from kandistill.distill.train.fit import FitConfig, FitHistory, fit_kan
-
-__all__ = ["FitConfig", "FitHistory", "fit_kan"]

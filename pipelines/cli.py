@@ -17,11 +17,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from kandistill.distill.extract.formula import FormulaError, rounded
 from kandistill.distill.targets.cache import CacheError
 from kandistill.distill.targets.lock import FolderBusyError
-from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, distill
+from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, train_students
 from kandistill.pipelines.config import ConfigError, example_configs, read_config
 from kandistill.pipelines.demo import run_demo, run_real_demo
 from kandistill.pipelines.render import find_chromium, print_pdf
-from kandistill.pipelines.runner import STAGES, RunFolderError, run
+from kandistill.pipelines.run_folder import STAGES, RunFolderError
+from kandistill.pipelines.runner import run
 from kandistill.pipelines.surrogate import Surrogate, SurrogateError
 from kandistill.students.persistence import StudentFileError
 from kandistill.teachers.base import TeacherError
@@ -70,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
                          optimizer=args.optimizer, steps=args.steps, seed=args.seed,
                          progress=not args.quiet)  # fmt: skip
     out = args.out or "runs/train"
-    result = distill(args.cache, _student_specs(args), out, config)
+    result = train_students(args.cache, _student_specs(args), out, config)
     print(f"{'student':<32} fidelity on held-out rows")
     for name, scores in result.fidelity.items():
         print(f"{name:<32} " + "  ".join(f"{k} {v:.5g}" for k, v in scores.items()))

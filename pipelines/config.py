@@ -20,6 +20,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from kandistill.distill.discover.feynman import FeynmanTableError, feynman_equation
+from kandistill.distill.train.config import StudentSpec, TrainConfig
 from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
 from kandistill.teachers.names import InvalidNameError, check_slug
 from kandistill.teachers.schema import (
@@ -83,61 +84,111 @@ class LoanRuleConfig(Strict):
     protected_effect: float = 0.0
 
 
-class TeacherConfig(Strict):
-    """Which teacher, and the sub-task: a template (or paraphrases) and a label set, references, or taps.
+class _Teacher(Strict):
+    """Every teacher config: ``kind`` (first, so that a dumped config reads kind first) names its class."""
+
+    kind: str
+
+
+class _ModelTeacher(_Teacher):
+    """A teacher read from a model: ``path`` is a folder, a Hub id, a ``.gguf`` file or ``package:NAME``."""
+
+    path: Text
+
+    @model_validator(mode="after")
+    def _path_exists(self) -> _ModelTeacher:
+        if self.path.startswith(("/", ".", "~")) and not Path(self.path).expanduser().exists():
+            raise ValueError(f"path: model folder {self.path} does not exist")
+        return self
+
+
+class _TransformerTeacher(_ModelTeacher):
+    """Options of a Hugging Face transformer (`kandistill.teachers.loading`)."""
+
+    template: str | None = Field(default=None, max_length=MAX_TEMPLATE_CHARS)
+    dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
+    trust_remote_code: bool = False
+    revision: Annotated[str, Field(max_length=200)] | None = None
+    batch_size: Annotated[int, Field(gt=0, le=4096)] = 16
+
+
+class CausalLMConfig(_TransformerTeacher):
+    """`kandistill.teachers.causal_lm.CausalLMTeacher`: the log-probabilities of a label set after a prompt.
 
     ``templates``: paraphrases of one question, a list (named t1, t2, ...) or ``{name: text}``; each row is
     asked in one of them, named by the categorical feature ``template``. ``labels``: a word per label, or a list
-    of its surface forms. ``chat``: wrap each prompt in the tokenizer's chat template. ``path``: a folder, a Hub
-    id, a ``.gguf`` file or ``package:NAME``.
+    of its surface forms. ``chat``: wrap each prompt in the tokenizer's chat template.
     """
 
-    kind: Literal["causal_lm", "encoder", "mlp", "embedded_llama", "feynman_mlp", "diabetes_mlp"]
-    path: Text | None = None
-    template: str | None = Field(default=None, max_length=MAX_TEMPLATE_CHARS)
+    kind: Literal["causal_lm"]
     templates: (
         list[Annotated[str, Field(max_length=MAX_TEMPLATE_CHARS)]]
         | dict[Slug, Annotated[str, Field(max_length=MAX_TEMPLATE_CHARS)]]
         | None
     ) = Field(default=None, max_length=MAX_TEMPLATES)
     chat: bool = False
-    labels: dict[Slug, Word | list[Word]] | None = Field(default=None, max_length=100)
-    references: dict[Slug, Text] | None = Field(default=None, max_length=100)
+    labels: dict[Slug, Word | list[Word]] = Field(max_length=100)
     taps: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=100)
-    dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
     device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = None
-    trust_remote_code: bool = False
-    revision: Annotated[str, Field(max_length=200)] | None = None
-    batch_size: Annotated[int, Field(gt=0, le=4096)] = 16
-    equation: Annotated[str, Field(max_length=32)] = "I.12.1"
-    csv: Text | None = None
-    rule: LoanRuleConfig = Field(default_factory=LoanRuleConfig)
-    train_steps: Annotated[int, Field(gt=0, le=100_000)] = 800
 
     @model_validator(mode="after")
-    def _fields_of_kind(self) -> TeacherConfig:
-        needs = {"causal_lm": ("path", "labels"), "encoder": ("path", "template", "references"),
-                 "mlp": ("path",)}.get(self.kind, ())  # fmt: skip
-        missing = [name for name in needs if getattr(self, name) is None]
-        if self.kind == "causal_lm" and self.template is None and self.templates is None:
-            missing.append("template (or templates)")
-        if missing:
-            raise ValueError(f"a {self.kind} teacher needs {', '.join(missing)}")
+    def _one_wording(self) -> CausalLMConfig:
+        if self.template is None and self.templates is None:
+            raise ValueError("a causal_lm teacher needs template (or templates)")
         if self.template is not None and self.templates is not None:
             raise ValueError("expected template (one wording) or templates (paraphrases), not both")
-        for name in ("templates", "chat"):
-            if getattr(self, name) not in (None, False) and self.kind != "causal_lm":
-                raise ValueError(f"{name}: only a causal_lm teacher takes it")
-        for label, forms in (self.labels or {}).items():
+        for label, forms in self.labels.items():
             if isinstance(forms, list) and not 0 < len(forms) <= 50:
                 raise ValueError(f"labels.{label}: expected 1 to 50 surface forms, got {len(forms)}")
-        if (
-            self.path is not None
-            and not Path(self.path).expanduser().exists()
-            and self.path.startswith(("/", ".", "~"))
-        ):
-            raise ValueError(f"path: model folder {self.path} does not exist")
         return self
+
+
+class EncoderConfig(_TransformerTeacher):
+    """`kandistill.teachers.encoder.EncoderTeacher`: a sentence's cosine similarity to each reference."""
+
+    kind: Literal["encoder"]
+    template: str = Field(max_length=MAX_TEMPLATE_CHARS)
+    references: dict[Slug, Text] = Field(max_length=100)
+
+
+class MLPConfig(_ModelTeacher):
+    """`kandistill.teachers.mlp.MLPTeacher` from a folder that `MLPTeacher.save_pretrained` wrote."""
+
+    kind: Literal["mlp"]
+
+
+class EmbeddedLlamaConfig(_Teacher):
+    """The embedded loan Llama (`kandistill.teachers.embedded`), trained in-process on a planted ``rule``."""
+
+    kind: Literal["embedded_llama"]
+    rule: LoanRuleConfig = Field(default_factory=LoanRuleConfig)
+    train_steps: Annotated[int, Field(gt=0, le=100_000)] = 800
+    taps: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=100)
+    batch_size: Annotated[int, Field(gt=0, le=4096)] = 16
+
+
+class FeynmanMLPConfig(_Teacher):
+    """An MLP fitted to a Feynman ``equation`` (built in, or from the table ``csv``)."""
+
+    kind: Literal["feynman_mlp"]
+    equation: Annotated[str, Field(max_length=32)] = "I.12.1"
+    csv: Text | None = None
+
+
+class DiabetesMLPConfig(_Teacher):
+    """An MLP fitted to scikit-learn's bundled diabetes data (no options)."""
+
+    kind: Literal["diabetes_mlp"]
+
+
+# The one place that says which fields each teacher kind takes: the runner builds from it, the report shows it.
+TeacherConfig = Annotated[
+    CausalLMConfig | EncoderConfig | MLPConfig | EmbeddedLlamaConfig | FeynmanMLPConfig | DiabetesMLPConfig,
+    Field(discriminator="kind"),
+]
+TEACHER_KINDS = {"causal_lm": CausalLMConfig, "encoder": EncoderConfig, "mlp": MLPConfig,
+                 "embedded_llama": EmbeddedLlamaConfig, "feynman_mlp": FeynmanMLPConfig,
+                 "diabetes_mlp": DiabetesMLPConfig}  # fmt: skip
 
 
 class InputsConfig(Strict):
@@ -261,7 +312,7 @@ class RunConfig(Strict):
                     Template(template).check(schema)
                 except ValueError as err:
                     raise ValueError(f"teacher.template: {err}") from None
-            if self.teacher.templates is not None:
+            if getattr(self.teacher, "templates", None) is not None:
                 try:
                     Templates.of(self.teacher.templates).check(schema)
                 except ValueError as err:
@@ -304,7 +355,7 @@ class RunConfig(Strict):
                      for f in self.features])  # fmt: skip
             except SchemaError as err:
                 raise ValueError(f"features: {err}") from None
-            if self.teacher.templates is None:
+            if getattr(self.teacher, "templates", None) is None:
                 return schema
             if TEMPLATE_FEATURE in schema.names:
                 raise ValueError(f"features: the name {TEMPLATE_FEATURE!r} is taken by teacher.templates (each row's "
@@ -316,24 +367,38 @@ class RunConfig(Strict):
         return LOAN_SCHEMA if self.teacher.kind == "embedded_llama" else None
 
     def template(self) -> str | None:
-        return LOAN_TEMPLATE if self.teacher.kind == "embedded_llama" else self.teacher.template
+        """The one prompt template (None for paraphrases and for teachers without prompts)."""
+        return LOAN_TEMPLATE if self.teacher.kind == "embedded_llama" else getattr(self.teacher, "template", None)
 
     def templates(self) -> dict[str, str] | None:
         """The paraphrases by name (``teacher.templates``), or None for one template."""
-        return Templates.of(self.teacher.templates).texts if self.teacher.templates is not None else None
+        templates = getattr(self.teacher, "templates", None)
+        return Templates.of(templates).texts if templates is not None else None
 
     def labels(self) -> dict[str, str | list[str]] | None:
-        return LOAN_LABELS if self.teacher.kind == "embedded_llama" else self.teacher.labels
+        return LOAN_LABELS if self.teacher.kind == "embedded_llama" else getattr(self.teacher, "labels", None)
+
+    def student_specs(self) -> list[StudentSpec]:
+        """The students as the train stage takes them."""
+        return [StudentSpec.for_labels(s.name, s.labels, loss=s.loss, temperature=s.temperature) if s.labels
+                else StudentSpec(s.name, tuple(s.targets), loss=s.loss, temperature=s.temperature)
+                for s in self.students]  # fmt: skip
+
+    def train_config(self, progress: bool = True) -> TrainConfig:
+        return TrainConfig(**self.train.model_dump(), progress=progress)
 
 
 def describe_error(error: ValidationError) -> str:
     """One line per problem: ``train.hidden[1]: expected a positive number, got -3``."""
     lines = []
     for item in error.errors():
+        loc, kind, context = item["loc"], item["type"], item.get("ctx", {})
+        teacher = loc[1] if loc[:1] == ("teacher",) and len(loc) > 1 and loc[1] in TEACHER_KINDS else None
+        if teacher is not None:  # the union's tag: teacher.causal_lm.labels reads teacher.labels
+            loc = (loc[0], *loc[2:])
         path = ""
-        for part in item["loc"]:
+        for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        kind, context = item["type"], item.get("ctx", {})
         message = {
             "greater_than": f"expected a {'positive ' if context.get('gt') == 0 else ''}number"
             + ("" if context.get("gt") == 0 else f" greater than {context.get('gt')}"),
@@ -344,7 +409,12 @@ def describe_error(error: ValidationError) -> str:
             "less_than_equal": f"expected at most {context.get('le')}",
             "too_long": f"expected at most {context.get('max_length')} items",
             "string_too_long": f"expected at most {context.get('max_length')} characters",
+            "union_tag_not_found": f"kind: required, one of {sorted(TEACHER_KINDS)}",
+            "union_tag_invalid": f"kind: expected one of {sorted(TEACHER_KINDS)}",
         }.get(kind) or re.sub(r"^Value error, ", "", item["msg"])
+        if teacher is not None and kind == "extra_forbidden":
+            fields = sorted(set(TEACHER_KINDS[teacher].model_fields) - {"kind"})
+            message = f"the {teacher} teacher takes no such key; it takes {', '.join(fields) or 'no other key'}"
         message = message[0].lower() + message[1:]
         value = item.get("input")
         hidden = kind in ("missing", "value_error", "too_long") or isinstance(value, dict)

@@ -16,17 +16,15 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from kandistill.distill.extract.formula import rounded
 from kandistill.pipelines import checks
 from kandistill.pipelines.config import RunConfig
+from kandistill.pipelines.findings import StudentAudit
 from kandistill.students.files import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from kandistill.pipelines.report import StudentAudit
 
 logger = logging.getLogger(__name__)
 
@@ -216,12 +214,13 @@ def _grid(header: list[str], rows: list[list[str]]) -> str:
 
 def teacher_summary(config: RunConfig, provenance: dict) -> dict:
     """The teacher a reviewer needs to name: its model, source and fingerprint; the prompt and label words."""
-    source = config.teacher.path or ("trained by kandistill on a planted rule" if config.teacher.kind ==
-                                      "embedded_llama" else "built in")  # fmt: skip
+    teacher = config.teacher
+    source = getattr(teacher, "path", None) or ("trained by kandistill on a planted rule"
+                                                if teacher.kind == "embedded_llama" else "built in")  # fmt: skip
     return {"teacher_model": provenance.get("teacher_model"), "teacher_kind": config.teacher.kind, "source": source,
             "teacher_fingerprint": provenance.get("teacher_fingerprint"), "template": config.template(),
-            "templates": config.templates() or {}, "chat": config.teacher.chat,
-            "labels": config.labels(), "references": config.teacher.references}  # fmt: skip
+            "templates": config.templates() or {}, "chat": getattr(teacher, "chat", False),
+            "labels": config.labels(), "references": getattr(teacher, "references", None)}  # fmt: skip
 
 
 REMOTE_CODE = "The teacher was loaded with its model folder's own Python code, which ran on this machine."

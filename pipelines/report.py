@@ -52,7 +52,6 @@ import json
 import logging
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -65,66 +64,22 @@ from kandistill.distill.targets.cache import SoftTargetCache, library_versions
 from kandistill.distill.train.loop import split_rows
 from kandistill.pipelines import checks
 from kandistill.pipelines.config import RunConfig
+from kandistill.pipelines.findings import StudentAudit
 from kandistill.pipelines.plots import component_plot, formula_image, importance_plot, plot_slug, shape_plot
 from kandistill.pipelines.render import VERDICT_WORDS, model_card, output_unit, print_pdf, write_html, write_markdown
-from kandistill.pipelines.runner import RunFolder, build_teacher, student_specs
-from kandistill.pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
+from kandistill.pipelines.run_folder import RunFolder
+from kandistill.pipelines.surrogate import Surrogate, read_formula_record
+from kandistill.pipelines.teacher import build_teacher
 from kandistill.students.files import atomic_write_json
-from kandistill.teachers.base import Progress, Teacher, hash_json
+from kandistill.teachers.base import Progress, Teacher
+from kandistill.teachers.hashing import hash_json
 from kandistill.teachers.schema import CategoricalFeature, FeatureSchema
 from kandistill.teachers.template import TEMPLATE_FEATURE
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class StudentAudit:
-    """What the report says about one student.
-
-    ``plots`` holds the ``formula`` and ``importance`` plots, ``shapes`` one plot per feature (apart, so
-    that a feature named ``formula`` cannot take the formula's place); each a path inside the report folder.
-    """
-
-    name: str
-    output: str
-    formula: FormulaRecord | None
-    fidelity: dict[str, float]
-    importance: dict[str, float]
-    plots: dict[str, str] = field(default_factory=dict)
-    monotonic: list[dict] = field(default_factory=list)
-    protected: list[dict] = field(default_factory=list)
-    shapes: dict[str, str] = field(default_factory=dict)
-    components: ComponentModel | None = None  # of the first output
-    component_plots: list[str] = field(default_factory=list)  # one per component, in its order
-    wordings: dict[str, str] = field(default_factory=dict)  # with paraphrases: the checks are also per wording
-
-
-TEACHER_FIELDS = {
-    "causal_lm": ("path", "template", "templates", "chat", "labels", "taps", "dtype", "device_map",
-                  "trust_remote_code", "revision", "batch_size"),
-    "encoder": ("path", "template", "references", "dtype", "trust_remote_code", "revision", "batch_size"),
-    "mlp": ("path",),
-    "embedded_llama": ("rule", "train_steps", "taps", "batch_size"),
-    "feynman_mlp": ("equation", "csv"),
-    "diabetes_mlp": (),
-}  # fmt: skip
 REPORTED_LIBRARIES = ("safetensors", "sympy", "numpy")
-
-
-def teacher_fields(kind: str) -> tuple[str, ...]:
-    """The teacher config fields (besides ``kind``) that a teacher of ``kind`` uses (see `runner.build_teacher`)."""
-    if kind not in TEACHER_FIELDS:
-        raise ValueError(f"teacher.kind: unknown kind {kind!r}; expected one of {sorted(TEACHER_FIELDS)}")
-    return TEACHER_FIELDS[kind]
-
-
-def config_for_provenance(config: RunConfig) -> dict:
-    """The config as plain data, its teacher reduced to the fields its kind uses: the defaults of other
-    kinds (``rule``, ``equation``...) would read as if they had been part of the run."""
-    data = config.model_dump()
-    teacher = data["teacher"]
-    data["teacher"] = {"kind": teacher["kind"], **{name: teacher[name] for name in teacher_fields(teacher["kind"])}}
-    return data
 
 
 def report_library_versions() -> dict[str, str]:
@@ -141,6 +96,7 @@ def report_library_versions() -> dict[str, str]:
 def build_provenance(config: RunConfig, describe: dict, manifest: dict, cache_fingerprint: str) -> dict:
     """What the run used: the teacher (its ``describe()``), the cache (its manifest), config, code, libraries.
 
+    The config's teacher holds only the fields of its kind (`kandistill.pipelines.config.TeacherConfig`);
     ``trust_remote_code`` is recorded apart, and only for the kinds that load code from a model folder.
     """
     provenance = {
@@ -155,9 +111,9 @@ def build_provenance(config: RunConfig, describe: dict, manifest: dict, cache_fi
         "config_hash": hash_json(config.model_dump()),
         "code_version": code_version(),
     }
-    if "trust_remote_code" in teacher_fields(config.teacher.kind):
+    if hasattr(config.teacher, "trust_remote_code"):
         provenance["trust_remote_code"] = config.teacher.trust_remote_code
-    return {**provenance, "libraries": report_library_versions(), "config": config_for_provenance(config)}
+    return {**provenance, "libraries": report_library_versions(), "config": config.model_dump()}
 
 
 def teacher_output(teacher: Teacher, targets: tuple[str, ...], kind: str, batch: dict[str, list],
@@ -441,7 +397,7 @@ def stage_audit(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, pr
     teacher = build_teacher(config, folder, alone=True, progress=progress)
     _, val_rows = split_rows(len(cache), config.train.validation_fraction, config.train.seed)
     x_val = cache.features()[val_rows[: config.checks.rows]]
-    specs = student_specs(config)
+    specs = config.student_specs()
     total = len(specs) * teacher_rows(config, cache.schema, len(x_val))
     bar = tqdm(
         total=total, unit="row", desc="audit: teacher on counterfactual inputs", disable=not (progress and total)

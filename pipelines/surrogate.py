@@ -37,9 +37,9 @@ from kandistill.distill.extract.formula import (
     read_json,
     rounded,
 )
-from kandistill.distill.train.loop import StudentSpec, TrainError
+from kandistill.distill.train.config import StudentSpec, TrainError
 from kandistill.students import KAN
-from kandistill.teachers.base import hash_json, hash_tensors
+from kandistill.teachers.hashing import hash_json, hash_tensors
 from kandistill.teachers.names import InvalidNameError, check_slug
 from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, SchemaError
 

@@ -100,9 +100,11 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.ERROR)
 
     if not args.csv.is_file():
-        raise SystemExit(f"bench_feynman: no equation table at {args.csv}. It is the public AI Feynman table "
-                         "FeynmanEquations.csv (100 equations; e.g. data/FeynmanEquations.csv of "
-                         "trishullab/LibraryAugmentedSymbolicRegression.jl): pass its path with --csv FILE")
+        raise SystemExit(
+            f"bench_feynman: no equation table at {args.csv}. It is the public AI Feynman table "
+            "FeynmanEquations.csv (100 equations; e.g. data/FeynmanEquations.csv of "
+            "trishullab/LibraryAugmentedSymbolicRegression.jl): pass its path with --csv FILE"
+        )
     try:
         equations = read_feynman_csv(args.csv)
         equations = [e for e in equations if args.only is None or e.name in args.only][: args.limit]

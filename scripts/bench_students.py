@@ -48,7 +48,7 @@ from torch import nn
 from kandistill.distill.discover.feynman import feynman_teacher
 from kandistill.distill.targets.cache import generate_targets, sample_inputs
 from kandistill.distill.train.loop import StudentSpec, TrainConfig, scale_inputs, split_rows, target_matrix
-from kandistill.distill.train.loop import distill as run_distill
+from kandistill.distill.train.loop import train_students
 from kandistill.distill.train.metrics import r2_score
 from kandistill.teachers.causal_lm import CausalLMTeacher
 from kandistill.teachers.embedded import (
@@ -92,7 +92,7 @@ def fit_mlp(x: torch.Tensor, y: torch.Tensor, parameters: int, steps: int = 3000
 
 def compare(name: str, cache, spec: StudentSpec, work: Path, with_ebm: bool, recipe: TrainConfig = RECIPE) -> dict:
     start = time.perf_counter()
-    result = run_distill(cache, [spec], work / name, recipe)
+    result = train_students(cache, [spec], work / name, recipe)
     kan_s = time.perf_counter() - start
     student = result.students[spec.name]
     low, high = cache.schema.encoded_ranges()
@@ -135,11 +135,11 @@ def ensemble_ratio(schema, work: Path, rows: int) -> dict:
     cache = generate_targets(teacher, sample_inputs(schema, rows, "lhs", seed=1), work / "ensemble_targets")
     config = TrainConfig(optimizer="adam", steps=300, refine_grid=None, patience=10**6, progress=False)
     start = time.perf_counter()
-    run_distill(cache, [StudentSpec(n, (n,)) for n in names], work / "ensemble16", config)
+    train_students(cache, [StudentSpec(n, (n,)) for n in names], work / "ensemble16", config)
     together = time.perf_counter() - start
     start = time.perf_counter()
     for i, n in enumerate(names):
-        run_distill(cache, [StudentSpec(n, (n,), seed=i)], work / f"alone{i}", config)
+        train_students(cache, [StudentSpec(n, (n,), seed=i)], work / f"alone{i}", config)
     separate = time.perf_counter() - start
     return {"sixteen_s": together, "separate_s": separate, "ensemble16_over_separate": together / separate}
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         stage = {}
         for label, recipe in (("recipe", RECIPE), ("large", LARGE)):
             start = time.perf_counter()
-            run_distill(cache, [StudentSpec("d", ("progression",))], work / f"stage_{label}", recipe)
+            train_students(cache, [StudentSpec("d", ("progression",))], work / f"stage_{label}", recipe)
             stage[label] = time.perf_counter() - start
         ensemble = ensemble_ratio(teachers[1][1].schema, work, args.rows)
     finally:

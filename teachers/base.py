@@ -1,4 +1,4 @@
-"""The teacher interface, and the hashes that fingerprint a teacher.
+"""The teacher interface: named inputs to named outputs, with a fingerprint.
 
 A teacher answers a columnar batch of named inputs (see `kandistill.teachers.schema`) with named outputs, each
 a float tensor ``(batch,)`` or ``(batch, d)``. Its `fingerprint` hashes everything that decides its
@@ -8,16 +8,14 @@ by one teacher is never mistaken for another's.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from accelerate import PartialState
 
+from kandistill.teachers.hashing import hash_json
 from kandistill.teachers.schema import Batch, FeatureSchema
 
 Progress = Callable[[int], object]  # told how many more rows are done: `tqdm.update`
@@ -60,29 +58,3 @@ class Teacher(ABC):
         """A hash of the weights, the description and the schema: two different teachers never share one."""
         return hash_json({"weights": self.weights_digest(), "describe": self.describe(),
                           "schema": self.schema.to_dict()})  # fmt: skip
-
-
-def hash_json(data: Any) -> str:
-    """A hex digest of JSON data, independent of key order."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
-    """A hex digest of named tensors: names, dtypes, shapes and bytes, in name order."""
-    digest = hashlib.blake2b(digest_size=32)
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def hash_files(paths: Iterable[Path], chunk: int = 1 << 24) -> str:
-    """A hex digest of files' names and bytes, read in chunks (weights of many GB never sit in memory)."""
-    digest = hashlib.blake2b(digest_size=32)
-    for path in sorted(Path(p) for p in paths):
-        digest.update(f"{path.name}|".encode())
-        with path.open("rb") as handle:
-            while block := handle.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from kandistill.teachers.base import Progress, Teacher, TeacherError, hash_json, process_state
+from kandistill.teachers.base import Progress, Teacher, TeacherError, process_state
 from kandistill.teachers.gguf import GgufSource, dequantised_folder, is_gguf
+from kandistill.teachers.hashing import hash_json
 from kandistill.teachers.loading import model_weights_digest, resolve_dtype, resolve_source, tokenizer_digest
 from kandistill.teachers.schema import Batch, FeatureSchema
 from kandistill.teachers.taps import LlamaParts, TapRecorder, parse_taps

@@ -18,7 +18,8 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from kandistill.teachers.base import Progress, Teacher, TeacherError, hash_json, process_state
+from kandistill.teachers.base import Progress, Teacher, TeacherError, process_state
+from kandistill.teachers.hashing import hash_json
 from kandistill.teachers.loading import model_weights_digest, resolve_dtype, resolve_source, tokenizer_digest
 from kandistill.teachers.schema import Batch, FeatureSchema
 from kandistill.teachers.template import Template

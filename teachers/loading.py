@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from kandistill.teachers.base import TeacherError, hash_files, hash_json, hash_tensors
+from kandistill.teachers.base import TeacherError
+from kandistill.teachers.hashing import hash_files, hash_json, hash_tensors
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 

@@ -20,7 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kandistill.students.files import atomic_write_bytes, atomic_write_json
-from kandistill.teachers.base import Progress, Teacher, TeacherError, hash_tensors
+from kandistill.teachers.base import Progress, Teacher, TeacherError
+from kandistill.teachers.hashing import hash_tensors
 from kandistill.teachers.schema import Batch, FeatureSchema
 
 CONFIG_NAME = "config.json"

@@ -9,8 +9,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from torch.nn import functional as F
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-from kandistill.teachers.base import TeacherError, hash_tensors
+from kandistill.teachers.base import TeacherError
 from kandistill.teachers.encoder import EncoderTeacher
+from kandistill.teachers.hashing import hash_tensors
 from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature, SchemaError
 from kandistill.teachers.template import Template
 

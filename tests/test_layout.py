@@ -49,7 +49,6 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     typing_only = {id(node) for top in ast.walk(tree) if isinstance(top, ast.If)
                    and ast.unparse(top.test).endswith("TYPE_CHECKING") for node in ast.walk(top)}  # fmt: skip
     name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(tree):
         if id(node) in typing_only:
@@ -57,10 +56,8 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
-            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+            assert node.level == 0, f"{path}:{node.lineno}: the library imports by absolute names only"
+            targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
         else:
             continue
         for target in targets:
@@ -83,7 +80,7 @@ def test_the_library_has_no_import_cycle():
 
     def visit(module):
         if module in path:
-            cycle = path[path.index(module):] + [module]
+            cycle = [*path[path.index(module) :], module]
             raise AssertionError("import cycle: " + " -> ".join(cycle))
         if module in done:
             return

@@ -34,7 +34,7 @@ SURROGATE = 'decision = Surrogate.from_run("runs/demo/loan", "decision")'
 STUDENT = "model = KAN(width=[2, 5, 1], grid=5, k=3, seed=0)"
 EXTRACTION = "from kandistill.distill.extract import Extraction, extract_formula"
 TEACHER = "teacher = CausalLMTeacher.from_pretrained("
-DISTILL = "from kandistill.distill.train import StudentSpec, TrainConfig, distill"
+DISTILL = "from kandistill.distill.train import StudentSpec, TrainConfig, train_students"
 TRAIN_CLI = "kandistill train --cache runs/loan/targets"
 DEMO_OUTPUT = "Demo finished in"
 RUN = (CONFIG, SURROGATE, STUDENT, EXTRACTION, TEACHER, DISTILL, TRAIN_CLI, DEMO_OUTPUT)

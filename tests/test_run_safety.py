@@ -9,7 +9,9 @@ import yaml
 
 from kandistill.pipelines.cli import main
 from kandistill.pipelines.config import ConfigError, load_config, parse_config
-from kandistill.pipelines.runner import RUN_MARKER, RunFolder, build_teacher, model_path, run
+from kandistill.pipelines.run_folder import RUN_MARKER, RunFolder
+from kandistill.pipelines.runner import run
+from kandistill.pipelines.teacher import build_teacher, model_path
 from kandistill.teachers.base import TeacherError
 
 SMALL = {

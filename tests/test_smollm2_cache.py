@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from kandistill.pipelines.runner import model_path
+from kandistill.pipelines.teacher import model_path
 from kandistill.teachers import gguf
 from kandistill.teachers.base import TeacherError
 

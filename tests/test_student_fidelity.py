@@ -10,7 +10,7 @@ from torch import nn
 
 from kandistill.distill.targets.cache import generate_targets, sample_inputs
 from kandistill.distill.train import loop as train_stage
-from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, distill, learning_rate
+from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, learning_rate, train_students
 from kandistill.students import KAN, smoothness_penalty
 from kandistill.teachers.mlp import MLPTeacher
 from kandistill.teachers.schema import FeatureSchema, NumericFeature
@@ -37,13 +37,13 @@ def planted_cache(tmp_path_factory):
 
 def test_a_planted_interaction_is_matched_to_r2_099(planted_cache, tmp_path):
     config = TrainConfig(hidden=[8], grid=5, steps=300, members=2, polish_steps=30, **RECIPE)
-    result = distill(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", config)
+    result = train_students(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", config)
     assert result.fidelity["y"]["r2"] >= 0.99, result.fidelity
 
 
 def test_the_member_with_the_lowest_held_out_loss_becomes_the_student(planted_cache, tmp_path):
     config = TrainConfig(hidden=[3], grid=3, steps=40, members=3, selection_fraction=0.2, **RECIPE)
-    result = distill(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", config)
+    result = train_students(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", config)
     record = json.loads((tmp_path / "run" / "students" / "y" / "student.json").read_text())
     losses = record["selection"]["validation_losses"]
     assert len(losses) == 3 and len(set(losses)) == 3, losses
@@ -66,7 +66,7 @@ def test_a_run_interrupted_after_the_choice_resumes_with_the_same_choice(planted
     student that an uninterrupted run ends with, and keeps the member it chose."""
     spec = [StudentSpec("y", ("y",))]
     config = TrainConfig(hidden=[3], grid=3, steps=30, members=3, polish_steps=5, checkpoint_every=10, **RECIPE)
-    distill(planted_cache, spec, tmp_path / "whole", config)
+    train_students(planted_cache, spec, tmp_path / "whole", config)
     step = train_stage.GroupTrainer.step
 
     def interrupted_in_polish(self, model, optimizer, members, penalty):
@@ -76,11 +76,11 @@ def test_a_run_interrupted_after_the_choice_resumes_with_the_same_choice(planted
 
     monkeypatch.setattr(train_stage.GroupTrainer, "step", interrupted_in_polish)
     with pytest.raises(KeyboardInterrupt):
-        distill(planted_cache, spec, tmp_path / "cut", config)
+        train_students(planted_cache, spec, tmp_path / "cut", config)
     monkeypatch.undo()
     state = json.loads((tmp_path / "cut" / "checkpoints" / "y" / "state.json").read_text())
     assert state["selection"] and state["phase"] == 2, state  # fit, select done; polish0 next
-    distill(planted_cache, spec, tmp_path / "cut", config)
+    train_students(planted_cache, spec, tmp_path / "cut", config)
     records = [json.loads((tmp_path / run / "students" / "y" / "student.json").read_text()) for run in ("whole", "cut")]
     assert records[0]["selection"] == records[1]["selection"] == state["selection"][0]
     weights = [load_file(tmp_path / run / "students" / "y" / "model.safetensors") for run in ("whole", "cut")]
@@ -101,7 +101,7 @@ def test_a_phase_ends_on_its_best_snapshot_not_its_last_step(planted_cache, tmp_
     monkeypatch.setattr(train_stage.GroupTrainer, "validation_loss", recorded)
     options = RECIPE | {"schedule": "constant", "lr": 0.5}
     wild = TrainConfig(hidden=[3], grid=3, steps=55, eval_every=5, patience=10**6, **options)
-    result = distill(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", wild)
+    result = train_students(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", wild)
     assert len(seen) == 1 + 55 // 5 and seen[-1] > min(seen) * 1.1, seen  # the start, then every 5 steps
     r2 = result.fidelity["y"]["r2"]  # measured on the same held-out rows (no selection_fraction)
     assert 1 - r2 == pytest.approx(min(seen) * (len(planted_cache) - 1) / len(planted_cache), rel=0.05), (r2, seen)
@@ -145,7 +145,7 @@ def test_the_diabetes_teachers_student_reaches_r2_09_on_inputs_beyond_its_data(t
     cache = generate_targets(teacher, sample_inputs(teacher.schema, 16000, "lhs", seed=0), tmp_path / "t")
     config = TrainConfig(hidden=[16, 16], grid=3, steps=1500, batch_size=512, lr=0.02, eval_every=50,
                          selection_fraction=0.15, patience=20, **RECIPE)  # fmt: skip
-    result = distill(cache, [StudentSpec("d", ("progression",))], tmp_path / "run", config)
+    result = train_students(cache, [StudentSpec("d", ("progression",))], tmp_path / "run", config)
     assert result.fidelity["d"]["r2"] >= 0.9, result.fidelity
 
 
@@ -160,7 +160,7 @@ def test_minibatches_are_a_seeded_function_of_the_step_that_cover_every_row_each
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_stage.GroupTrainer, "step", recorded)
-        distill(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", config)
+        train_students(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", config)
     rows = round(1200 * 0.8)  # 960 training rows: batches of 300, 300, 300, 60 per epoch
     assert [len(b) for b in seen[:4]] == [300, 300, 300, 60]
     assert torch.equal(torch.cat(seen[:4]).sort().values, torch.arange(rows))

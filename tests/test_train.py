@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from kandistill.distill.discover.feynman import feynman_teacher
 from kandistill.distill.targets.cache import SoftTargetCache, generate_targets, sample_inputs
 from kandistill.distill.train.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
-from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, distill
+from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, train_students
 from kandistill.students import KAN
 from kandistill.teachers.causal_lm import CausalLMTeacher
 from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
@@ -53,7 +53,9 @@ def small_cache(tmp_path_factory):
 def test_a_feynman_mlp_teacher_distils_to_r2_0999(tmp_path):
     teacher = feynman_teacher("I.12.1", steps=1500)  # F = mu * N_n, two variables
     cache = generate_targets(teacher, sample_inputs(teacher.schema, 1500, "lhs", seed=0), tmp_path / "targets")
-    result = distill(cache, [StudentSpec("force", ("I.12.1",))], tmp_path / "run", TrainConfig(steps=50, **QUICK))
+    result = train_students(
+        cache, [StudentSpec("force", ("I.12.1",))], tmp_path / "run", TrainConfig(steps=50, **QUICK)
+    )
     assert result.fidelity["force"]["r2"] >= 0.999, result.fidelity
     saved = json.loads((tmp_path / "run" / "students" / "force" / "student.json").read_text())
     assert saved["fidelity"] == result.fidelity["force"] and saved["cache_fingerprint"] == cache.fingerprint
@@ -64,10 +66,10 @@ def test_a_feynman_mlp_teacher_distils_to_r2_0999(tmp_path):
 
 def test_the_llama_label_log_odds_distil_with_agreement_098(llama_cache, tmp_path):
     spec = StudentSpec.for_labels("decision", ["yes", "no"])
-    result = distill(llama_cache, [spec], tmp_path / "run", TrainConfig(steps=50, **QUICK))
+    result = train_students(llama_cache, [spec], tmp_path / "run", TrainConfig(steps=50, **QUICK))
     fidelity = result.fidelity["decision"]
     assert fidelity["r2_logodds"] >= 0.98 and fidelity["agreement"] >= 0.98, fidelity
-    kl = distill(llama_cache, [StudentSpec.for_labels("decision", ["yes", "no"], loss="kl", temperature=2.0)],
+    kl = train_students(llama_cache, [StudentSpec.for_labels("decision", ["yes", "no"], loss="kl", temperature=2.0)],
                  tmp_path / "kl", TrainConfig(steps=30, refine_grid=None, **QUICK))  # fmt: skip
     assert kl.fidelity["decision"]["agreement"] >= 0.95, kl.fidelity
 
@@ -77,9 +79,9 @@ def test_heads_train_as_one_ensemble_and_each_equals_its_student_alone(llama_cac
     assert len(heads) == 8
     specs = [StudentSpec(f"head{i}", (name,)) for i, name in enumerate(heads)]
     config = TrainConfig(optimizer="adam", steps=60, eval_every=5, patience=3, **QUICK)
-    together = distill(llama_cache, specs, tmp_path / "together", config)
+    together = train_students(llama_cache, specs, tmp_path / "together", config)
     assert min(f["r2"] for f in together.fidelity.values()) > 0.95, together.fidelity
-    alone = distill(llama_cache, [StudentSpec("head5", (heads[5],), seed=5)], tmp_path / "alone", config)
+    alone = train_students(llama_cache, [StudentSpec("head5", (heads[5],), seed=5)], tmp_path / "alone", config)
     x = torch.rand(200, 4) * 2 - 1
     # Adam updates each parameter from its own gradient, so only float rounding differs between the
     # batched and the single forward (~1e-7 relative per step); 1e-4 of the output scale allows for
@@ -177,7 +179,7 @@ def test_a_kill_between_the_two_renames_of_a_checkpoint_swap_loses_nothing(tmp_p
 
 def test_bad_input_is_named(small_cache, tmp_path):
     with pytest.raises(TrainError, match=r"no target 'z'; it has \['y'\]"):
-        distill(small_cache, [StudentSpec("s", ("z",))], tmp_path / "a", TrainConfig(**QUICK))
+        train_students(small_cache, [StudentSpec("s", ("z",))], tmp_path / "a", TrainConfig(**QUICK))
     with pytest.raises(TrainError, match=r"hidden: expected positive integers, got \[0\]"):
         TrainConfig(hidden=[0])
     with pytest.raises(TrainError, match="kind must be one of"):
@@ -185,7 +187,7 @@ def test_bad_input_is_named(small_cache, tmp_path):
     with pytest.raises(TrainError, match="loss for scalar targets"):
         StudentSpec("s", ("y",), loss="kl")
     with pytest.raises(Exception, match="not a soft-target cache"):
-        distill(tmp_path / "nowhere", [StudentSpec("s", ("y",))], tmp_path / "b")
+        train_students(tmp_path / "nowhere", [StudentSpec("s", ("y",))], tmp_path / "b")
 
     # The cache's files are hash-checked and its stage refuses non-finite outputs: a NaN reaches the
     # train stage only in a cache object built in memory.
@@ -193,19 +195,19 @@ def test_bad_input_is_named(small_cache, tmp_path):
     table["y"][17] = float("nan")
     nan_cache = dataclasses.replace(small_cache, dataset=datasets.Dataset.from_dict(table))
     with pytest.raises(TrainError, match="column 'y' has a non-finite value at row 17"):
-        distill(nan_cache, [StudentSpec("s", ("y",))], tmp_path / "c", TrainConfig(**QUICK))
+        train_students(nan_cache, [StudentSpec("s", ("y",))], tmp_path / "c", TrainConfig(**QUICK))
 
     tiny = generate_targets(MLPTeacher(MLP([2, 4, 1]), small_cache.schema, ["y"]),
                             sample_inputs(small_cache.schema, 5, seed=0), tmp_path / "tiny")  # fmt: skip
     with pytest.raises(TrainError, match="has 5 rows; students need at least 10"):
-        distill(tiny, [StudentSpec("s", ("y",))], tmp_path / "d")
+        train_students(tiny, [StudentSpec("s", ("y",))], tmp_path / "d")
 
     config = TrainConfig(steps=20, refine_grid=None, **QUICK)
-    distill(small_cache, [StudentSpec("s", ("y",))], tmp_path / "e", config)
+    train_students(small_cache, [StudentSpec("s", ("y",))], tmp_path / "e", config)
     other = SoftTargetCache.load(tiny.folder)
     other_cache = generate_targets(MLPTeacher(MLP([2, 4, 1]), other.schema, ["y"]),
                                    sample_inputs(other.schema, 50, seed=1), tmp_path / "other")  # fmt: skip
     shutil.copytree(tmp_path / "e" / "checkpoints", tmp_path / "f" / "checkpoints")
     with pytest.raises(TrainError, match="made for another cache"):
-        distill(other_cache, [StudentSpec("s", ("y",))], tmp_path / "f", config)
+        train_students(other_cache, [StudentSpec("s", ("y",))], tmp_path / "f", config)
     assert np.isfinite(json.loads((tmp_path / "e" / "fidelity.json").read_text())["s"]["r2"])

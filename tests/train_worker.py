@@ -21,8 +21,7 @@ from safetensors.torch import save_file
 
 import kandistill.distill.train.checkpoint
 import kandistill.distill.train.loop
-from kandistill.distill.train.loop import StudentSpec, TrainConfig
-from kandistill.distill.train.loop import distill as run_distill
+from kandistill.distill.train.loop import StudentSpec, TrainConfig, train_students
 
 
 def kill_in_checkpoint(k: int) -> None:
@@ -76,5 +75,5 @@ if __name__ == "__main__":
 
     kandistill.distill.train.loop.GroupTrainer.step = counted_step
     config = TrainConfig(hidden=[3], steps=30, refine_grid=8, checkpoint_every=args.checkpoint_every, progress=False)
-    result = run_distill(args.cache, [StudentSpec("y", ("y",))], out, config)
+    result = train_students(args.cache, [StudentSpec("y", ("y",))], out, config)
     (out / f"result-rank{rank}.json").write_text(json.dumps({"fidelity": result.fidelity["y"], "steps": steps[0]}))

@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 
 from kandistill.distill.targets.lock import file_lock, folder_lock, remove_dead_temporaries
 from kandistill.students.files import atomic_write_json
-from kandistill.teachers.base import Teacher, hash_files, hash_json, process_state
+from kandistill.teachers.base import Teacher, process_state
+from kandistill.teachers.hashing import hash_files, hash_json
 from kandistill.teachers.names import InvalidNameError, check_slug
 from kandistill.teachers.schema import Batch, CategoricalFeature, FeatureSchema, SchemaError
 
