@@ -17,7 +17,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from kandistill.distill.extract.formula import FormulaError, rounded
 from kandistill.distill.targets.cache import CacheError
 from kandistill.distill.targets.lock import FolderBusyError
-from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, train_students
+from kandistill.distill.train.config import StudentSpec, TrainConfig, TrainError
+from kandistill.distill.train.loop import train_students
 from kandistill.pipelines.config import ConfigError, example_configs, read_config
 from kandistill.pipelines.demo import run_demo, run_real_demo
 from kandistill.pipelines.render import find_chromium, print_pdf

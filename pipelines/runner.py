@@ -141,7 +141,7 @@ def stage_extract(config: RunConfig, folder: RunFolder, cache: SoftTargetCache,
                                                       seconds=max(left / (len(spec.output_names) - j), 1e-3),
                                                       seed=config.train.seed))  # fmt: skip
             columns = schema.decode(x_val)
-            model.r2 = {level: r2_score(torch.as_tensor(y), torch.as_tensor(teacher_y[:, j])) for level, y in (
+            model.r2 = {level: r2_score(y, teacher_y[:, j]) for level, y in (
                 ("main_effects", model.predict(columns, "main_effects")),
                 ("with_interactions", model.predict(columns, "components")),
                 ("student", student_val[:, j]), ("formula", model.predict(columns, "formula")))}  # fmt: skip
@@ -203,7 +203,7 @@ def _single_expression(config: RunConfig, surrogate: Surrogate, j: int, schema, 
         return {"note": f"the single-expression search found no valid formula ({err}); the components' is used"}
     expression = found.expression
     values = evaluate_formulas([expression], schema.names, np.concatenate([x_fit, x_val]))
-    r2 = r2_score(torch.as_tensor(values[len(x_fit) :, 0]), torch.as_tensor(student_val))
+    r2 = r2_score(values[len(x_fit) :, 0], student_val)
     if not np.isfinite(values).all() or not r2 >= config.extract.min_r2:
         shown = str(sympy.N(expression, 4))[:200]
         return {"note": f"the single expression {shown} was not finite on every row or reached R^2 {r2:.3g} < "

@@ -39,6 +39,7 @@ from kandistill.distill.extract.formula import (
 )
 from kandistill.distill.train.config import StudentSpec, TrainError
 from kandistill.students import KAN
+from kandistill.students.scaling import scale_inputs
 from kandistill.teachers.hashing import hash_json, hash_tensors
 from kandistill.teachers.names import InvalidNameError, check_slug
 from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, SchemaError
@@ -148,7 +149,12 @@ def _numbers(record: dict, key: str, length: int, where: str) -> np.ndarray:
 
 
 class Surrogate:
-    """A KAN student with its input scaling and output units (``student.json``)."""
+    """A KAN student in the features' and the targets' own units: raw feature values in, predictions out.
+
+    The KAN inside (``surrogate.model``, or ``KAN.from_pretrained(folder)`` alone) works in its own units,
+    inputs scaled onto ``[-1, 1]`` and standardised outputs; ``student.json`` holds the scaling between the two
+    (`kandistill.students.scaling.scale_inputs`, then ``output_std`` and ``output_mean``).
+    """
 
     def __init__(self, model: KAN, record: dict[str, Any], folder: Path, formula_path: Path | None = None) -> None:
         """Checks ``record`` (the folder's ``student.json``) against itself and ``model``: `SurrogateError`."""
@@ -233,7 +239,7 @@ class Surrogate:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.schema):
             raise ValueError(f"{self.name}: expected encoded features (rows, {len(self.schema)}), got {x.shape}")
-        scaled = torch.as_tensor(2 * (x - self.low) / (self.high - self.low) - 1, dtype=torch.float32)
+        scaled = torch.as_tensor(scale_inputs(x, self.low, self.high), dtype=torch.float32)
         with torch.no_grad():
             y = self.model(scaled).double().numpy()
         return y * self.std + self.mean

@@ -47,9 +47,10 @@ from torch import nn
 
 from kandistill.distill.discover.feynman import feynman_teacher
 from kandistill.distill.targets.cache import generate_targets, sample_inputs
-from kandistill.distill.train.loop import StudentSpec, TrainConfig, scale_inputs, split_rows, target_matrix
-from kandistill.distill.train.loop import train_students
+from kandistill.distill.train.config import StudentSpec, TrainConfig
+from kandistill.distill.train.loop import split_rows, target_matrix, train_students
 from kandistill.distill.train.metrics import r2_score
+from kandistill.students.scaling import scale_inputs
 from kandistill.teachers.causal_lm import CausalLMTeacher
 from kandistill.teachers.embedded import (
     LOAN_LABELS,
@@ -96,7 +97,7 @@ def compare(name: str, cache, spec: StudentSpec, work: Path, with_ebm: bool, rec
     kan_s = time.perf_counter() - start
     student = result.students[spec.name]
     low, high = cache.schema.encoded_ranges()
-    x = scale_inputs(cache.features(), low, high)
+    x = torch.as_tensor(scale_inputs(cache.features(), low, high), dtype=torch.float32)
     y = torch.as_tensor(target_matrix(cache, spec), dtype=torch.float32)
     train, val = split_rows(len(cache), RECIPE.validation_fraction, RECIPE.seed)
     mean, std = y[train].mean(0), y[train].std(0)

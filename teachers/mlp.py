@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
-from kandistill.students.files import atomic_write_bytes, atomic_write_json
+from kandistill.students.files import atomic_write_bytes
+from kandistill.students.scaling import atomic_write_json, scale_inputs
 from kandistill.teachers.base import Progress, Teacher, TeacherError
 from kandistill.teachers.hashing import hash_tensors
 from kandistill.teachers.schema import Batch, FeatureSchema
@@ -55,8 +56,7 @@ class MLP(nn.Module):
         self.register_buffer("out_std", torch.ones(self.sizes[-1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scaled = 2 * (x - self.low) / (self.high - self.low) - 1
-        return self.net(scaled) * self.out_std + self.out_mean
+        return self.net(scale_inputs(x, self.low, self.high)) * self.out_std + self.out_mean
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "mlp", "sizes": self.sizes, "activation": self.activation}

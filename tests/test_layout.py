@@ -98,3 +98,18 @@ def test_imports_only_point_down():
     upward = [f"{m} imports {t}" for m, targets in import_graph().items() for t in targets
               if t.split(".")[1] not in ALLOWED[m.split(".")[1]]]  # fmt: skip
     assert upward == []
+
+
+def test_loading_a_surrogate_and_predicting_imports_no_accelerate_datasets_or_pyarrow():
+    run = Path(__file__).parent / "fixtures" / "run_23248db" / "loan"
+    code = (
+        "import json, sys\n"
+        "from kandistill import Surrogate\n"
+        f"surrogate = Surrogate.from_run({str(run)!r}, 'decision')\n"
+        "rows = {'age': [30], 'income': [50], 'debt': [10], 'gender': ['female']}\n"
+        "for source in ('student', 'formula', 'components'):\n"
+        "    assert surrogate.predict(rows, source=source).shape == (1, 1)\n"
+        "print(json.dumps(sorted({'accelerate', 'datasets', 'pyarrow', 'transformers'} & set(sys.modules))))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(loaded) == []

@@ -244,7 +244,10 @@ LLM = {
     [
         ({"train": {"hidden": [5, -3]}}, r"train.hidden\[1\]: expected a positive number, got -3"),
         ({"inputs": {"rows": "many"}}, r"inputs.rows: expected an integer, got 'many'"),
-        ({"teacher": {"kind": "feynman_mlp", "colour": "red"}}, r"teacher.colour: the feynman_mlp teacher takes no such key; it takes csv, equation"),
+        (
+            {"teacher": {"kind": "feynman_mlp", "colour": "red"}},
+            r"teacher.colour: the feynman_mlp teacher takes no such key",
+        ),
         (
             LLM | {"teacher": {**LLM["teacher"], "path": "/no/such/model"}},
             r"model folder /no/such/model does not exist",

@@ -56,7 +56,7 @@ def test_template_is_a_reserved_feature_name_and_templates_are_for_causal_lms():
         parse_config(data)
     encoder = {**BASE, "teacher": {"kind": "encoder", "path": "org/model", "template": "{rating} {name}",
                                    "references": {"good": "good"}, "chat": True}}  # fmt: skip
-    with pytest.raises(ConfigError, match="teacher.chat: the encoder teacher takes no such key"):
+    with pytest.raises(ConfigError, match=r"teacher\.chat: the encoder teacher takes no such key"):
         parse_config(encoder)
 
 

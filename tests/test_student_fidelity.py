@@ -10,8 +10,10 @@ from torch import nn
 
 from kandistill.distill.targets.cache import generate_targets, sample_inputs
 from kandistill.distill.train import loop as train_stage
-from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, learning_rate, train_students
+from kandistill.distill.train.config import StudentSpec, TrainConfig, TrainError
+from kandistill.distill.train.loop import learning_rate, train_students
 from kandistill.students import KAN, smoothness_penalty
+from kandistill.students.scaling import scale_inputs
 from kandistill.teachers.mlp import MLPTeacher
 from kandistill.teachers.schema import FeatureSchema, NumericFeature
 
@@ -51,7 +53,9 @@ def test_the_member_with_the_lowest_held_out_loss_becomes_the_student(planted_ca
     # the saved student is that member: its loss on the selection rows (recomputed here) is the minimum
     rows, _ = train_stage.split_rows(len(planted_cache), 0.2, 0)
     _, select = train_stage.split_rows(len(rows), 0.2, 1)
-    x = train_stage.scale_inputs(planted_cache.features(), *planted_cache.schema.encoded_ranges())
+    x = torch.as_tensor(
+        scale_inputs(planted_cache.features(), *planted_cache.schema.encoded_ranges()), dtype=torch.float32
+    )
     y = torch.as_tensor(planted_cache.target("y"), dtype=torch.float32)[:, None]
     mean, std = y[rows].mean(), y[rows].std()
     student = KAN.from_pretrained(tmp_path / "run" / "students" / "y")

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from kandistill.distill.discover.feynman import feynman_teacher
 from kandistill.distill.targets.cache import SoftTargetCache, generate_targets, sample_inputs
 from kandistill.distill.train.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
-from kandistill.distill.train.loop import StudentSpec, TrainConfig, TrainError, train_students
+from kandistill.distill.train.config import StudentSpec, TrainConfig, TrainError
+from kandistill.distill.train.loop import train_students
 from kandistill.students import KAN
 from kandistill.teachers.causal_lm import CausalLMTeacher
 from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE

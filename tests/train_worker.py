@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 
 import kandistill.distill.train.checkpoint
 import kandistill.distill.train.loop
-from kandistill.distill.train.loop import StudentSpec, TrainConfig, train_students
+from kandistill.distill.train.config import StudentSpec, TrainConfig
+from kandistill.distill.train.loop import train_students
 
 
 def kill_in_checkpoint(k: int) -> None:

@@ -51,6 +51,7 @@ from kandistill.distill.discover.separability import (
 from kandistill.distill.extract.canonical import canonical_on_data
 from kandistill.distill.extract.edges import Extraction, snap_constants
 from kandistill.distill.extract.formula import FormulaError, evaluate
+from kandistill.distill.train.metrics import r2_score
 from kandistill.teachers.mlp import train_mlp
 from kandistill.teachers.schema import FeatureSchema, NumericFeature
 
@@ -99,12 +100,6 @@ class Solution:
     expression: sympy.Expr
     r2: float
     steps: list[str]
-
-
-def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
-    if not np.all(np.isfinite(pred)):
-        return -np.inf
-    return float(1 - np.sum((pred - ref) ** 2) / max(np.sum((ref - ref.mean()) ** 2), 1e-300))
 
 
 def _symbols(names: list[str]) -> list[sympy.Symbol]:
@@ -644,7 +639,7 @@ def discover_with_teacher(x: torch.Tensor, y: torch.Tensor, features: list[str],
         # snapped within the whole budget, not the recursion's: a near-exact formula is worth the time
         expr = snap_constants(solution.expression, features, xs[n_val:], ys[n_val:], floor=floor, deadline=deadline)
         expr = canonical_on_data(expr, features, xs)
-        r2 = _r2(evaluate(expr, features, xs[:n_val]), ys[:n_val])
+        r2 = r2_score(evaluate(expr, features, xs[:n_val]), ys[:n_val])
         if np.all(np.isfinite(evaluate(expr, features, xs))) and r2 >= plain_config.min_r2:
             found = Discovery(Extraction(list(features), [expr]), "teacher recursion", r2, {"teacher recursion": r2})
     except (FloatingPointError, FormulaError) as err:
@@ -696,7 +691,7 @@ def _snap_again(found: Discovery, features: list[str], xs: np.ndarray, ys: np.nd
     if _complexity(expr) >= _complexity(found.expression):
         return found
     try:
-        on_rows, r2 = evaluate(expr, features, xs), _r2(evaluate(expr, features, xs[:n_val]), ys[:n_val])
+        on_rows, r2 = evaluate(expr, features, xs), r2_score(evaluate(expr, features, xs[:n_val]), ys[:n_val])
     except FormulaError:
         return found
     if not np.all(np.isfinite(on_rows)) or 1 - r2 > max(5 * (1 - found.r2_validation), floor):

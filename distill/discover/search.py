@@ -29,6 +29,7 @@ import torch
 
 from kandistill.distill.extract.canonical import canonical_on_data
 from kandistill.distill.extract.edges import Extraction, extract_formula, snap_constants
+from kandistill.distill.train.metrics import r2_score
 from kandistill.distill.train.schedule import ScheduleConfig, sparse_fit
 from kandistill.students import KAN
 
@@ -88,12 +89,6 @@ class Discovery:
     @property
     def expression(self) -> sympy.Expr:
         return self.extraction.expressions[0]
-
-
-def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
-    if pred.shape != ref.shape or not np.all(np.isfinite(pred)):
-        return -np.inf
-    return float(1 - np.sum((pred - ref) ** 2) / max(np.sum((ref - ref.mean()) ** 2), 1e-300))
 
 
 def discover_formula(
@@ -165,7 +160,7 @@ def discover_formula(
         with np.errstate(all="ignore"):
             pred = extraction.callable()(x_val.double().numpy())[:, 0]
             on_fit = extraction.callable()(x_fit.double().numpy())[:, 0]
-        score = _r2(pred, y_val.double().numpy()[:, 0])
+        score = r2_score(pred, y_val.double().numpy()[:, 0])
         label = f"{transform} {width}"
         scores[label] = score
         if not (np.isfinite(on_fit).all() and score >= config.min_r2):

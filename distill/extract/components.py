@@ -37,6 +37,7 @@ import torch
 from kandistill.distill.extract.anova import Decomposition, Part, decompose
 from kandistill.distill.extract.formula import FormulaError, check_score, evaluate, from_trees, indicator, to_tree
 from kandistill.distill.extract.symbolic_fit import fit_symbols, ranked
+from kandistill.distill.train.metrics import r2_score
 from kandistill.students.symbols import DEFAULT_SYMBOLS, SymbolLibrary
 from kandistill.teachers.schema import CategoricalFeature, FeatureSchema
 
@@ -361,7 +362,7 @@ class _Builder:
                 self.terms.append(_Term(column, owner))
             effect_of = {v: e for members, e in groups for v in members}
             grouped = np.asarray([effect_of.get(v, base) for v in axis])
-            r2 = _r2(grouped - grouped.mean(), part.values - part.values.mean())
+            r2 = r2_score(grouped - grouped.mean(), part.values - part.values.mean())
             self.components.append(Component(feature.name, (feature.name,), "table", part.share, expression,
                                              (axis,), part.values, r2))  # fmt: skip
             return
@@ -464,7 +465,7 @@ class _Builder:
                           1)  # fmt: skip
         target = part.values.reshape(-1)
         coef, *_ = np.linalg.lstsq(design, target, rcond=None)
-        r2 = _r2(design @ coef, target)
+        r2 = r2_score(design @ coef, target)
         if r2 < self.config.min_fit_r2 or (1 - r2) * part.share > self.config.tolerance:
             return f"no product form fits the surface within tolerance (R^2 {r2:.3g})"
         if not all(self._finite(t) for t in products):
@@ -517,10 +518,3 @@ def group_categories(effects: Mapping[str, float], tolerance: float,
     baseline = with_reference[0] if with_reference else min(groups, key=lambda g: (-len(g), min(v for v, _ in g)))
     summary = [([v for v, _ in g], float(np.mean([e for _, e in g]))) for g in groups if g is not baseline]
     return summary, float(np.mean([e for _, e in baseline]))
-
-
-def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
-    total = float(np.sum((ref - ref.mean()) ** 2))
-    if total <= 1e-300:
-        return 1.0
-    return float(1 - np.sum((pred - ref) ** 2) / total)

@@ -38,6 +38,7 @@ from kandistill.distill.extract.formula import (
 )
 from kandistill.distill.extract.symbolic_fit import choose, fit_symbols
 from kandistill.distill.train.fit import FitConfig, fit_kan
+from kandistill.distill.train.metrics import r2_score
 from kandistill.students import KAN
 from kandistill.students.files import atomic_write_json
 
@@ -211,12 +212,6 @@ def compose(model: KAN, features: list[str]) -> list[sympy.Expr]:
 def canonical(expr: sympy.Expr) -> sympy.Expr:
     """Distribute numbers into sums and split ``exp`` of sums, so redundant constants merge."""
     return sympy.expand(expr, deep=True, mul=True, power_exp=True, power_base=False, log=False, multinomial=False)
-
-
-def _r2(pred: np.ndarray, ref: np.ndarray) -> float:
-    if not np.all(np.isfinite(pred)):
-        return -np.inf
-    return float(1 - np.sum((pred - ref) ** 2) / max(np.sum((ref - ref.mean()) ** 2), 1e-300))
 
 
 def _candidates(value: float) -> list[sympy.Expr]:
@@ -464,10 +459,10 @@ def extract_formula(
     with np.errstate(all="ignore"):
         pred = result.callable()(xs)
     result.fidelity["r2_vs_student"] = float(
-        np.mean([_r2(pred[:, k], student_test[:, k]) for k in range(pred.shape[1])])
+        np.mean([r2_score(pred[:, k], student_test[:, k]) for k in range(pred.shape[1])])
     )
     if teacher is not None:
         result.fidelity["r2_vs_teacher"] = float(
-            np.mean([_r2(pred[:, k], teacher[:, k]) for k in range(pred.shape[1])])
+            np.mean([r2_score(pred[:, k], teacher[:, k]) for k in range(pred.shape[1])])
         )
     return result

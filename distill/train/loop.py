@@ -55,6 +55,7 @@ from kandistill.distill.train.losses import distillation_loss
 from kandistill.distill.train.metrics import label_fidelity, scalar_fidelity
 from kandistill.students import KAN, smoothness_penalty
 from kandistill.students.files import atomic_write_json
+from kandistill.students.scaling import scale_inputs
 from kandistill.teachers.hashing import hash_json
 from kandistill.teachers.schema import FeatureSchema
 
@@ -91,10 +92,6 @@ class GroupData:
     y_val: torch.Tensor
     y_mean: torch.Tensor
     y_std: torch.Tensor
-
-
-def scale_inputs(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(2 * (x - low) / (high - low) - 1, dtype=torch.float32)
 
 
 def target_matrix(cache: SoftTargetCache, spec: StudentSpec) -> np.ndarray:
@@ -453,7 +450,7 @@ def train_students(
     targets = {spec.name: target_matrix(cache, spec) for spec in students}
     schema = cache.schema
     low, high = schema.encoded_ranges()
-    x = scale_inputs(cache.features(), low, high)
+    x = torch.as_tensor(scale_inputs(cache.features(), low, high), dtype=torch.float32)
     train_rows, val_rows = split_rows(len(cache), config.validation_fraction, config.seed)
     fit_rows, select_rows = train_rows, val_rows
     if config.selection_fraction > 0:
