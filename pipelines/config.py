@@ -236,6 +236,8 @@ class TrainSection(Strict):
     warmup: float = Field(default=0.05, ge=0, le=1)
     polish_steps: int = Field(default=0, ge=0, le=100_000)
     smoothness: float = Field(default=0.0, ge=0, le=1e6)
+    grid_update_every: int = Field(default=10, ge=0, le=1_000_000)
+    grid_update_until: int = Field(default=50, ge=0, le=1_000_000)
     grid_uniform_fraction: float = Field(default=0.02, ge=0, le=1)
     grid_margin: float = Field(default=0.0, ge=0, le=10)
     selection_fraction: float = Field(default=0.0, ge=0, le=0.9)

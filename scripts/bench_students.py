@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import torch
+from classifier_teachers import breast_cancer_teacher, wine_teacher  # scripts/, beside this file
 from torch import nn
 
 from kandistill.distill.discover.feynman import feynman_teacher
@@ -57,10 +58,8 @@ from kandistill.teachers.embedded import (
     LOAN_SCHEMA,
     LOAN_TEMPLATE,
     LoanRule,
-    breast_cancer_teacher,
     build_loan_llama,
     diabetes_teacher,
-    wine_teacher,
 )
 from kandistill.teachers.mlp import MLP, MLPTeacher
 

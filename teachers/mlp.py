@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
-from kandistill.students.files import atomic_write_bytes
-from kandistill.students.scaling import atomic_write_json, scale_inputs
+from kandistill.students.files import atomic_write_bytes, atomic_write_json
+from kandistill.students.scaling import scale_inputs
 from kandistill.teachers.base import Progress, Teacher, TeacherError
 from kandistill.teachers.hashing import hash_tensors
 from kandistill.teachers.schema import Batch, FeatureSchema

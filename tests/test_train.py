@@ -212,3 +212,11 @@ def test_bad_input_is_named(small_cache, tmp_path):
     with pytest.raises(TrainError, match="made for another cache"):
         train_students(other_cache, [StudentSpec("s", ("y",))], tmp_path / "f", config)
     assert np.isfinite(json.loads((tmp_path / "e" / "fidelity.json").read_text())["s"]["r2"])
+
+
+def test_an_ensemble_sparsifies_with_each_member_penalised_alone(small_cache, tmp_path):
+    """The sparsify phase sums the members' penalties (a vector), as it sums their losses."""
+    specs = [StudentSpec("a", ("y",)), StudentSpec("b", ("y",), seed=3)]
+    config = TrainConfig(optimizer="adam", steps=20, sparse_steps=10, refine_grid=None, **QUICK)
+    result = train_students(small_cache, specs, tmp_path / "run", config)
+    assert set(result.fidelity) == {"a", "b"} and all(f["r2"] > 0.5 for f in result.fidelity.values()), result.fidelity

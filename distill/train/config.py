@@ -85,9 +85,10 @@ class TrainConfig:
     side in the ensemble and the one with the lowest held-out loss becomes the student;
     ``schedule="cosine"`` gives Adam a linear warm-up over ``warmup`` of its steps, then a cosine
     decay to zero; ``polish_steps`` L-BFGS steps then polish each chosen student; ``smoothness``
-    weighs the P-spline penalty (`kandistill.students.smoothness_penalty`); ``grid_uniform_fraction`` and
-    ``grid_margin`` (a share of each input's range) shape the grid updates of the first steps
-    (``1.0``: uniform grids, whose closed-form basis is the fast one); ``selection_fraction`` of
+    weighs the P-spline penalty (`kandistill.students.smoothness_penalty`); the grid follows the data at every
+    ``grid_update_every``-th step of the fit phase up to step ``grid_update_until`` (``0``: never), shaped by
+    ``grid_uniform_fraction`` and ``grid_margin`` (a share of each input's range; ``1.0``: uniform grids,
+    whose closed-form basis is the fast one); ``selection_fraction`` of
     the training rows, when set, decides early stopping, snapshots and the choice of member, so that
     the validation rows that the fidelity is measured on take no part in training at all.
     ``batch_size``, when set, gives Adam minibatches of that many training rows (each epoch a
@@ -118,6 +119,8 @@ class TrainConfig:
     warmup: float = 0.05
     polish_steps: int = 0
     smoothness: float = 0.0
+    grid_update_every: int = 10
+    grid_update_until: int = 50
     grid_uniform_fraction: float = 0.02
     grid_margin: float = 0.0
     selection_fraction: float = 0.0
@@ -141,8 +144,9 @@ class TrainConfig:
                 raise TrainError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise TrainError(f"batch_size: expected a positive integer or None, got {self.batch_size!r}")
-        if not isinstance(self.polish_steps, int) or self.polish_steps < 0:
-            raise TrainError(f"polish_steps: expected a non-negative integer, got {self.polish_steps!r}")
+        for name in ("polish_steps", "grid_update_every", "grid_update_until"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise TrainError(f"{name}: expected a non-negative integer, got {getattr(self, name)!r}")
         for name, low, high in (("warmup", 0, 1), ("grid_uniform_fraction", 0, 1), ("selection_fraction", 0, 0.9)):
             if not low <= getattr(self, name) <= high:
                 raise TrainError(f"{name}: expected a number in [{low}, {high}], got {getattr(self, name)!r}")

@@ -1,5 +1,8 @@
-"""Full-batch fitting of a KAN to in-memory data: the inner loop of the KAN schedule.
+"""Fitting a KAN to in-memory data, and the parts every KAN training loop shares.
 
+`fit_kan` is the full-batch fit inside extraction and discovery; the train stage's loop
+(`kandistill.distill.train.loop`, ensembles, processes, checkpoints, early stopping) takes its optimisers
+(`make_optimizer`) and its grid schedule (`GridUpdates`) from here, so both train a KAN the same way.
 L-BFGS is what small KANs train best with (the KAN paper's choice); Adam is there for noisy or
 large problems. The grid follows the data during the first steps, as in the KAN paper.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +20,34 @@ from tqdm.auto import tqdm
 from kandistill.students import KAN
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GridUpdates:
+    """When the grid follows the data: at every ``every``-th step up to step ``until`` (inclusive; ``every=0``:
+    never), with ``uniform_fraction`` and ``margin`` as in `KAN.update_grid`."""
+
+    every: int = 10
+    until: int = 40
+    uniform_fraction: float = 0.02
+    margin: float = 0.0
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0 and step <= self.until
+
+    def apply(self, model: KAN, x: torch.Tensor) -> None:
+        model.update_grid(x, self.uniform_fraction, relative_margin=self.margin)
+
+
+def make_optimizer(parameters: Iterable[torch.nn.Parameter], name: str, lr: float) -> torch.optim.Optimizer:
+    """``lbfgs``: full-batch L-BFGS with a strong-Wolfe line search and no early exit on small changes (the
+    steps are counted by the caller); ``adam``: Adam."""
+    if name == "lbfgs":
+        return torch.optim.LBFGS(parameters, lr=lr, history_size=10, line_search_fn="strong_wolfe",
+                                 tolerance_grad=1e-32, tolerance_change=1e-32)  # fmt: skip
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    raise ValueError(f"optimizer: expected 'lbfgs' or 'adam', got {name!r}")
 
 
 @dataclass
@@ -28,7 +60,7 @@ class FitConfig:
     l1: float = 0.0
     entropy: float = 0.0
     grid_update_every: int = 10
-    grid_update_until: int = 50
+    grid_update_until: int = 40
     grid_uniform_fraction: float = 0.02
     progress: bool = False
     description: str = "fit"
@@ -47,15 +79,6 @@ class FitHistory:
     train_mse: list[float] = field(default_factory=list)
 
 
-def _make_optimizer(model: KAN, config: FitConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "lbfgs":
-        return torch.optim.LBFGS(
-            model.parameters(), lr=config.lr, history_size=10, line_search_fn="strong_wolfe",
-            tolerance_grad=1e-32, tolerance_change=1e-32,
-        )  # fmt: skip
-    return torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
-
-
 def fit_kan(model: KAN, x: torch.Tensor, y: torch.Tensor, config: FitConfig | None = None) -> FitHistory:
     """Fit ``model`` to ``y`` on ``x`` in place, by full-batch optimisation of the mean squared error.
 
@@ -68,7 +91,8 @@ def fit_kan(model: KAN, x: torch.Tensor, y: torch.Tensor, config: FitConfig | No
     expected = (*model(x[..., :1, :]).shape[:-2], x.shape[-2], model.width[-1])
     if y.shape != expected:
         raise ValueError(f"fit_kan: targets y have shape {tuple(y.shape)}, expected {tuple(expected)}")
-    optimizer = _make_optimizer(model, config)
+    optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr)
+    grid = GridUpdates(config.grid_update_every, config.grid_update_until, config.grid_uniform_fraction)
     penalised = config.l1 > 0 or config.entropy > 0
     history = FitHistory()
     last_mse = math.nan
@@ -88,8 +112,8 @@ def fit_kan(model: KAN, x: torch.Tensor, y: torch.Tensor, config: FitConfig | No
         return loss
 
     for step in tqdm(range(config.steps), disable=not config.progress, desc=config.description, leave=False):
-        if config.grid_update_every and step % config.grid_update_every == 0 and step < config.grid_update_until:
-            model.update_grid(x, config.grid_uniform_fraction)
+        if grid.due(step):
+            grid.apply(model, x)
         optimizer.step(loss_fn)
         if not math.isfinite(last_mse):
             raise FloatingPointError(f"fit_kan: the loss became {last_mse} at step {step}")

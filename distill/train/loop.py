@@ -8,7 +8,7 @@ fidelity table measured on held-out rows that training never sees.
   member on its held-out loss. A member that has stopped leaves the ensemble, so it costs nothing
   more. With Adam every parameter's update depends only on its own gradient, so a member trained in
   an ensemble follows the same path as when trained alone with the same seed.
-* **The KAN schedule**: fit (the grid following the data for the first 50 steps); if
+* **The KAN schedule**: fit (the grid following the data for its first steps, `GridUpdates`); if
   ``sparse_steps``: sparsify with the L1 + entropy penalty, then prune weak edges and nodes; if
   ``refine_grid``: refine the grid; then refit. **Optimiser**: ``auto`` takes full-batch L-BFGS
   (what small KANs train best with) for a single student on up to ``lbfgs_max_rows`` rows, and Adam
@@ -51,6 +51,7 @@ from kandistill.distill.train.checkpoint import (
     save_checkpoint,
 )
 from kandistill.distill.train.config import StudentSpec, TrainConfig, TrainError
+from kandistill.distill.train.fit import GridUpdates, make_optimizer
 from kandistill.distill.train.losses import distillation_loss
 from kandistill.distill.train.metrics import label_fidelity, scalar_fidelity
 from kandistill.students import KAN, smoothness_penalty
@@ -194,11 +195,8 @@ class GroupTrainer:
         return (self.data.y_val[rows] - self.data.y_mean[rows][:, None]) / self.data.y_std[rows][:, None]
 
     def make_optimizer(self, model: KAN, name: str) -> torch.optim.Optimizer:
-        if name == "lbfgs":
-            lr = self.config.lr_for(name) if name == self.optimizer_name else 1.0
-            return torch.optim.LBFGS(model.parameters(), lr=lr, history_size=10, line_search_fn="strong_wolfe",
-                                     tolerance_grad=1e-32, tolerance_change=1e-32)  # fmt: skip
-        return torch.optim.Adam(model.parameters(), lr=self.config.lr_for(name))
+        lr = 1.0 if name == "lbfgs" and name != self.optimizer_name else self.config.lr_for(name)  # the polish
+        return make_optimizer(model.parameters(), name, lr)
 
     def _average(self, model: KAN, loss: torch.Tensor) -> torch.Tensor:
         """Average the gradients (and the loss) over processes: data parallelism, as DDP does it."""
@@ -234,7 +232,8 @@ class GroupTrainer:
             optimizer.zero_grad()
             with self.accelerator.autocast():
                 if penalty:
-                    prediction, reg = model.forward_with_penalty(x, self.config.l1, self.config.entropy)
+                    prediction, penalties = model.forward_with_penalty(x, self.config.l1, self.config.entropy)
+                    reg = penalties.sum()
                 else:
                     prediction, reg = model(x), 0.0
                 loss = self.member_loss(prediction.float(), y, members).sum() + reg
@@ -341,6 +340,8 @@ class GroupTrainer:
         best = {int(k): v for k, v in state["best"].items()}
         stale = {int(k): v for k, v in state["stale"].items()}
         step = state["step"]
+        grid = GridUpdates(config.grid_update_every, config.grid_update_until, config.grid_uniform_fraction,
+                           config.grid_margin)  # fmt: skip
         evaluate = phase != "sparsify"
         if snapshot is None:
             snapshot = full._copy()
@@ -354,8 +355,8 @@ class GroupTrainer:
             return KAN.stack([rows[e] if e in rows else full.member(e) for e in range(full.ensemble)])
 
         while step < steps and members:
-            if phase == "fit" and step % 10 == 0 and step <= 50:
-                model.update_grid(self.data.x_train, config.grid_uniform_fraction, relative_margin=config.grid_margin)
+            if phase == "fit" and grid.due(step):
+                grid.apply(model, self.data.x_train)
             if kind == "adam":
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, steps, config.lr_for(kind), config.schedule, config.warmup)
