@@ -89,6 +89,7 @@ def check_run_folder(root: Path) -> None:
 
 
 def mark_run_folder(root: Path) -> None:
+    """Write the marker that makes ``root`` a kandistill run folder (once)."""
     if not (root / RUN_MARKER).is_file():
         atomic_write_json(root / RUN_MARKER, {"kandistill": "run folder"})
 

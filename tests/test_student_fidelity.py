@@ -71,14 +71,14 @@ def test_a_run_interrupted_after_the_choice_resumes_with_the_same_choice(planted
     spec = [StudentSpec("y", ("y",))]
     config = TrainConfig(hidden=[3], grid=3, steps=30, members=3, polish_steps=5, checkpoint_every=10, **RECIPE)
     train_students(planted_cache, spec, tmp_path / "whole", config)
-    step = train_stage.GroupTrainer.step
+    step = train_stage.GroupTrainer.closure  # asked once per training step
 
     def interrupted_in_polish(self, model, optimizer, members, penalty):
         if self.phases[-1].startswith("polish") and isinstance(optimizer, torch.optim.LBFGS):
             raise KeyboardInterrupt
         return step(self, model, optimizer, members, penalty)
 
-    monkeypatch.setattr(train_stage.GroupTrainer, "step", interrupted_in_polish)
+    monkeypatch.setattr(train_stage.GroupTrainer, "closure", interrupted_in_polish)
     with pytest.raises(KeyboardInterrupt):
         train_students(planted_cache, spec, tmp_path / "cut", config)
     monkeypatch.undo()
@@ -156,14 +156,14 @@ def test_the_diabetes_teachers_student_reaches_r2_09_on_inputs_beyond_its_data(t
 def test_minibatches_are_a_seeded_function_of_the_step_that_cover_every_row_each_epoch(planted_cache, tmp_path):
     config = TrainConfig(hidden=[3], grid=3, steps=12, batch_size=300, eval_every=4, **RECIPE)
     seen = []
-    step = train_stage.GroupTrainer.step
+    step = train_stage.GroupTrainer.closure  # asked once per training step
 
     def recorded(self, model, optimizer, members, penalty):
         seen.append(self.batch.clone())
         return step(self, model, optimizer, members, penalty)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_stage.GroupTrainer, "step", recorded)
+        patch.setattr(train_stage.GroupTrainer, "closure", recorded)
         train_students(planted_cache, [StudentSpec("y", ("y",))], tmp_path / "run", config)
     rows = round(1200 * 0.8)  # 960 training rows: batches of 300, 300, 300, 60 per epoch
     assert [len(b) for b in seen[:4]] == [300, 300, 300, 60]

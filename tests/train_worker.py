@@ -68,13 +68,13 @@ if __name__ == "__main__":
         kill_in_checkpoint(args.kill_in_checkpoint)
     if args.record_gradient:
         record_gradient(out, rank)
-    steps, train_step = [0], kandistill.distill.train.loop.GroupTrainer.step
+    steps, step_closure = [0], kandistill.distill.train.loop.GroupTrainer.closure
 
-    def counted_step(*args, **kwargs):
+    def counted_step(*args, **kwargs):  # the loop asks for one closure per training step
         steps[0] += 1
-        return train_step(*args, **kwargs)
+        return step_closure(*args, **kwargs)
 
-    kandistill.distill.train.loop.GroupTrainer.step = counted_step
+    kandistill.distill.train.loop.GroupTrainer.closure = counted_step
     config = TrainConfig(hidden=[3], steps=30, refine_grid=8, checkpoint_every=args.checkpoint_every, progress=False)
     result = train_students(args.cache, [StudentSpec("y", ("y",))], out, config)
     (out / f"result-rank{rank}.json").write_text(json.dumps({"fidelity": result.fidelity["y"], "steps": steps[0]}))

@@ -1,8 +1,9 @@
 """Fitting a KAN to in-memory data, and the parts every KAN training loop shares.
 
-`fit_kan` is the full-batch fit inside extraction and discovery; the train stage's loop
-(`kandistill.distill.train.loop`, ensembles, processes, checkpoints, early stopping) takes its optimisers
-(`make_optimizer`) and its grid schedule (`GridUpdates`) from here, so both train a KAN the same way.
+`train_steps` is the one step loop: `fit_kan` (the full-batch fit inside extraction and discovery) runs it
+once, and the train stage (`kandistill.distill.train.loop`: ensembles, processes, checkpoints, early
+stopping) runs it between its evaluations, with the same optimisers (`make_optimizer`) and grid schedule
+(`GridUpdates`), so every KAN in the library trains the same way.
 L-BFGS is what small KANs train best with (the KAN paper's choice); Adam is there for noisy or
 large problems. The grid follows the data during the first steps, as in the KAN paper.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -74,9 +75,44 @@ class FitConfig:
 
 @dataclass
 class FitHistory:
-    """Per step: the mean squared error on the training data (without the penalty)."""
+    """Per step: the training loss at the step's end (the mean squared error, plus the penalty if any)."""
 
-    train_mse: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+def train_steps(model: KAN, optimizer: torch.optim.Optimizer, closure_at: Callable[[int], Callable[[], torch.Tensor]],
+                steps: range, grid: GridUpdates | None = None, grid_x: torch.Tensor | None = None,
+                lr_at: Callable[[int], float] | None = None, progress: tqdm | None = None,
+                what: str = "fit_kan") -> list[float]:  # fmt: skip
+    """The one KAN step loop, under `fit_kan` and the train stage's phases alike.
+
+    For each step: the grid follows ``grid_x`` when ``grid`` says so, the learning rate is ``lr_at(step)`` when
+    given, and the optimiser steps on ``closure_at(step)`` (zero the gradients, compute the loss, backward,
+    return it: L-BFGS calls it several times per step). Returns each step's last loss; a non-finite one raises
+    `FloatingPointError` naming ``what`` and the step.
+    """
+    losses = []
+    for step in steps:
+        if grid is not None and grid.due(step):
+            grid.apply(model, grid_x)
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+        closure, last = closure_at(step), [math.nan]
+
+        def recorded(closure: Callable[[], torch.Tensor] = closure, last: list[float] = last) -> torch.Tensor:
+            loss = closure()
+            last[0] = float(loss.detach())
+            return loss
+
+        optimizer.step(recorded)
+        if not math.isfinite(last[0]):
+            raise FloatingPointError(f"{what}: the training loss became {last[0]} at step {step}; "
+                                     "lower the learning rate")  # fmt: skip
+        losses.append(last[0])
+        if progress is not None:
+            progress.update(1)
+    return losses
 
 
 def fit_kan(model: KAN, x: torch.Tensor, y: torch.Tensor, config: FitConfig | None = None) -> FitHistory:
@@ -94,28 +130,17 @@ def fit_kan(model: KAN, x: torch.Tensor, y: torch.Tensor, config: FitConfig | No
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr)
     grid = GridUpdates(config.grid_update_every, config.grid_update_until, config.grid_uniform_fraction)
     penalised = config.l1 > 0 or config.entropy > 0
-    history = FitHistory()
-    last_mse = math.nan
 
-    def loss_fn() -> torch.Tensor:
-        nonlocal last_mse
+    def loss() -> torch.Tensor:
         optimizer.zero_grad()
         if penalised:
             pred, penalty = model.forward_with_penalty(x, config.l1, config.entropy)
-            mse = (pred - y).square().mean()
-            loss = mse + penalty.sum()
+            value = (pred - y).square().mean() + penalty.sum()
         else:
-            mse = (model(x) - y).square().mean()
-            loss = mse
-        loss.backward()
-        last_mse = mse.item()
-        return loss
+            value = (model(x) - y).square().mean()
+        value.backward()
+        return value
 
-    for step in tqdm(range(config.steps), disable=not config.progress, desc=config.description, leave=False):
-        if grid.due(step):
-            grid.apply(model, x)
-        optimizer.step(loss_fn)
-        if not math.isfinite(last_mse):
-            raise FloatingPointError(f"fit_kan: the loss became {last_mse} at step {step}")
-        history.train_mse.append(last_mse)
-    return history
+    with tqdm(total=config.steps, disable=not config.progress, desc=config.description, leave=False) as bar:
+        losses = train_steps(model, optimizer, lambda _: loss, range(config.steps), grid, x, progress=bar)
+    return FitHistory(losses)

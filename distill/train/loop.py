@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,7 +51,7 @@ from kandistill.distill.train.checkpoint import (
     save_checkpoint,
 )
 from kandistill.distill.train.config import StudentSpec, TrainConfig, TrainError
-from kandistill.distill.train.fit import GridUpdates, make_optimizer
+from kandistill.distill.train.fit import GridUpdates, make_optimizer, train_steps
 from kandistill.distill.train.losses import distillation_loss
 from kandistill.distill.train.metrics import label_fidelity, scalar_fidelity
 from kandistill.students import KAN, smoothness_penalty
@@ -219,7 +219,9 @@ class GroupTrainer:
         order = np.random.default_rng([self.config.seed, phase, epoch]).permutation(rows)
         return torch.as_tensor(np.sort(order[index * size : (index + 1) * size]))
 
-    def step(self, model: KAN, optimizer: torch.optim.Optimizer, members: list[int], penalty: bool) -> float:
+    def closure(self, model: KAN, optimizer: torch.optim.Optimizer, members: list[int],
+                penalty: bool) -> Callable[[], torch.Tensor]:  # fmt: skip
+        """One step's loss on this process's rows (of the minibatch, if any), averaged over processes."""
         local, weight = self.local_rows, self.shard_weight
         if self.batch is not None:
             rank, world = self.accelerator.process_index, self.accelerator.num_processes
@@ -244,7 +246,7 @@ class GroupTrainer:
             loss.backward()
             return self._average(model, loss)
 
-        return float(optimizer.step(closure))
+        return closure
 
     # -- checkpoints --
     def save(self, full: KAN, optimizer: torch.optim.Optimizer | None, state: dict,
@@ -354,20 +356,23 @@ class GroupTrainer:
             rows = {e: model.member(i) for i, e in enumerate(members)}
             return KAN.stack([rows[e] if e in rows else full.member(e) for e in range(full.ensemble)])
 
+        use_batches = kind == "adam" and config.batch_size and config.batch_size < len(self.data.x_train)
+
+        def closure_at(at: int) -> Callable[[], torch.Tensor]:
+            self.batch = self.minibatch(state["phase"], at) if use_batches else None
+            return self.closure(model, optimizer, members, penalty=phase == "sparsify")
+
+        def lr_at(at: int) -> float:
+            return learning_rate(at, steps, config.lr_for(kind), config.schedule, config.warmup)
+
         while step < steps and members:
-            if phase == "fit" and grid.due(step):
-                grid.apply(model, self.data.x_train)
-            if kind == "adam":
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(step, steps, config.lr_for(kind), config.schedule, config.warmup)
-            use_batches = kind == "adam" and config.batch_size and config.batch_size < len(self.data.x_train)
-            self.batch = self.minibatch(state["phase"], step) if use_batches else None
-            loss = self.step(model, optimizer, members, penalty=phase == "sparsify")
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"students {self.names}: the training loss became {loss} in phase "
-                                         f"{phase} at step {step}; lower the learning rate")  # fmt: skip
-            step += 1
-            progress.update(1)
+            # train up to the next evaluation or checkpoint, through the one step loop
+            stop = min(steps, _next_multiple(step, config.checkpoint_every),
+                       _next_multiple(step, config.eval_every) if evaluate else steps)  # fmt: skip
+            train_steps(model, optimizer, closure_at, range(step, stop), grid if phase == "fit" else None,
+                        self.data.x_train, lr_at if kind == "adam" else None, progress,
+                        f"students {self.names} in phase {phase}")  # fmt: skip
+            step = stop
             if evaluate and (step % config.eval_every == 0 or step == steps):
                 val = self.validation_loss(model, members).tolist()
                 self.accelerator.log({f"{self.names[min(self.rows[e] // config.members, len(self.names) - 1)]}/"
@@ -403,6 +408,10 @@ class GroupTrainer:
         state = self.phase_start(state["phase"] + 1, state)
         self.save(full, None, state)
         return full, state
+
+
+def _next_multiple(step: int, every: int) -> int:
+    return (step // every + 1) * every
 
 
 MEMBER_SEED_STRIDE = 7919  # member m of a student seeded s starts from seed s + m * 7919
