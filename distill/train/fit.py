@@ -4,6 +4,7 @@
 once, and the train stage (`kandistill.distill.train.loop`: ensembles, processes, checkpoints, early
 stopping) runs it between its evaluations, with the same optimisers (`make_optimizer`) and grid schedule
 (`GridUpdates`), so every KAN in the library trains the same way.
+
 L-BFGS is what small KANs train best with (the KAN paper's choice); Adam is there for noisy or
 large problems. The grid follows the data during the first steps, as in the KAN paper.
 """
