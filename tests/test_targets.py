@@ -375,3 +375,9 @@ def test_bad_dataset_inputs_name_the_column():
         read_inputs(bad, SCHEMA)
     with pytest.raises(SchemaError, match=r"dataset: feature 'x': value 5.0 is outside"):
         read_inputs(datasets.Dataset.from_dict({"x": [5.0], "n": [3], "c": ["a"]}), SCHEMA)
+
+
+def test_the_runner_imports_where_fcntl_does_not_exist():
+    """The locks are filelock's (flock on Unix, msvcrt on Windows): nothing imports fcntl itself."""
+    code = "import sys; sys.modules['fcntl'] = None\nimport kandistill.pipelines.runner, kandistill.teachers.gguf"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -1,11 +1,12 @@
 """Advisory folder locks, so that two runs never write one folder at once, and cleanup of what dead writers left.
 
-A lock is ``fcntl.flock`` on a lock file inside the folder, taken without waiting: a second writer
-is refused at once with `FolderBusyError`, naming the folder and the PID written into the lock file.
-The kernel drops the lock when its holder exits, however it exits, so a killed run never leaves a
-stale lock. Under ``accelerate launch`` / torchrun the processes of one run write one folder
-together, so each locks its own rank's file (``.lock-rank{R}``): the ranks of one run never block
-each other, while a second run's rank 0 is refused as long as the first run's rank 0 is alive.
+A lock is a `filelock.FileLock` (the lock the Hugging Face caches use: ``flock`` on Unix, ``msvcrt`` on
+Windows) on a lock file inside the folder, taken without waiting: a second writer is refused at once with
+`FolderBusyError`, naming the folder and the PID written into the lock file. The operating system drops
+the lock when its holder exits, however it exits, so a killed run never leaves a stale lock. Under
+``accelerate launch`` / torchrun the processes of one run write one folder together, so each locks its own
+rank's file (``.lock-rank{R}``): the ranks of one run never block each other, while a second run's rank 0
+is refused as long as the first run's rank 0 is alive.
 
 Writers here write under ``.NAME.tmp-PID`` (and move an old version aside to ``.NAME.old-PID``)
 before a rename; `remove_dead_temporaries` removes those whose PID is no longer alive.
@@ -14,14 +15,14 @@ before a rename; `remove_dead_temporaries` removes those whose PID is no longer 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+import filelock
 
 logger = logging.getLogger(__name__)
 
@@ -35,34 +36,48 @@ class FolderBusyError(ValueError):
 
 @contextlib.contextmanager
 def file_lock(path: str | Path, what: str, *, wait: bool = False) -> Iterator[Path]:
-    """Hold ``flock`` on the file ``path`` (created if need be) for the ``with`` block, with this PID written in it.
+    """Hold the lock of the file ``path`` (created if need be) for the ``with`` block, with this PID written in it.
 
     Without ``wait`` a lock held elsewhere raises `FolderBusyError` at once (``what`` names what is
     locked, in the message); with ``wait`` it blocks until the holder lets go. The lock belongs to
-    this open file: taking the same file twice, even in one process, conflicts.
+    its open file: taking the same file twice, even in one process, conflicts.
     """
     path = Path(path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    lock = filelock.FileLock(path, thread_local=False)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError as err:
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            holder = f"process {pid}" if pid.isdigit() else "another process"
-            if pid == str(os.getpid()):
-                holder += " (this process)"
-            raise FolderBusyError(f"{path.parent}: the {what} folder is in use by {holder} (lock file {path.name}); "
-                                  f"wait for it to finish, or use another folder") from None  # fmt: skip
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield path
-        finally:
-            os.ftruncate(fd, 0)
+        lock.acquire(blocking=wait)
+    except filelock.Timeout:
+        pid = _read_pid(path)
+        holder = f"process {pid}" if pid.isdigit() else "another process"
+        if pid == str(os.getpid()):
+            holder += " (this process)"
+        raise FolderBusyError(f"{path.parent}: the {what} folder is in use by {holder} (lock file {path.name}); "
+                              f"wait for it to finish, or use another folder") from None  # fmt: skip
+    try:
+        _write(path, f"{os.getpid()}\n")
+        yield path
     finally:
-        os.close(fd)  # releases the lock
+        _write(path, "")
+        lock.release()
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace the lock file's text (the holder's PID), never through a symlink; the PID only informs, so a
+    system that will not let the holder write its own lock file (Windows) loses nothing but the PID."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, text.encode("ascii"))
+        finally:
+            os.close(fd)
+
+
+def _read_pid(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii", errors="replace").strip()[:32]
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager
