@@ -11,32 +11,42 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm.contrib.logging import logging_redirect_tqdm
+from kandistill.pipelines.examples import example_configs
+from kandistill.pipelines.run_folder import STAGES
 
-from kandistill.distill.extract.formula import FormulaError, rounded
-from kandistill.distill.targets.cache import CacheError
-from kandistill.distill.targets.lock import FolderBusyError
-from kandistill.distill.train.config import StudentSpec, TrainConfig, TrainError
-from kandistill.distill.train.loop import train_students
-from kandistill.pipelines.config import ConfigError, example_configs, read_config
-from kandistill.pipelines.demo import run_demo, run_real_demo
-from kandistill.pipelines.render import find_chromium, print_pdf
-from kandistill.pipelines.run_folder import STAGES, RunFolderError
-from kandistill.pipelines.runner import run
-from kandistill.pipelines.surrogate import Surrogate, SurrogateError
-from kandistill.students.persistence import StudentFileError
-from kandistill.teachers.base import TeacherError
-from kandistill.teachers.names import InvalidNameError
-from kandistill.teachers.schema import SchemaError
+if TYPE_CHECKING:
+    from kandistill.distill.train.config import StudentSpec
 
 EXIT_BAD_INPUT = 2
-BAD_INPUT = (ConfigError, CacheError, TrainError, TeacherError, SchemaError, FormulaError, InvalidNameError,
-             RunFolderError, FolderBusyError, StudentFileError, SurrogateError, FileNotFoundError,
-             NotADirectoryError)  # fmt: skip
+
+
+def bad_input_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean bad input (exit 2; the message names the field, file or value). Imported when a
+    command fails, as each command imports what it needs: ``kandistill --help`` loads no model library."""
+    from kandistill.distill.extract.formula import FormulaError
+    from kandistill.distill.targets.cache import CacheError
+    from kandistill.distill.targets.lock import FolderBusyError
+    from kandistill.distill.train.config import TrainError
+    from kandistill.pipelines.config import ConfigError
+    from kandistill.pipelines.run_folder import RunFolderError
+    from kandistill.pipelines.surrogate import SurrogateError
+    from kandistill.students.persistence import StudentFileError
+    from kandistill.teachers.base import TeacherError
+    from kandistill.teachers.names import InvalidNameError
+    from kandistill.teachers.schema import SchemaError
+
+    return (ConfigError, CacheError, TrainError, TeacherError, SchemaError, FormulaError, InvalidNameError,
+            RunFolderError, FolderBusyError, StudentFileError, SurrogateError, FileNotFoundError,
+            NotADirectoryError)  # fmt: skip
 
 
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    from kandistill.pipelines.config import read_config
+    from kandistill.pipelines.render import find_chromium, print_pdf
+    from kandistill.pipelines.runner import run
+
     config = read_config(args.config)
     pdf = getattr(args, "pdf", False)
     if pdf:
@@ -52,6 +62,8 @@ def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
 
 
 def _student_specs(args: argparse.Namespace) -> list[StudentSpec]:
+    from kandistill.distill.train.config import StudentSpec, TrainError
+
     specs = []
     for option, kind in ((args.student, "scalar"), (args.labels, "labels")):
         for item in option or []:
@@ -66,6 +78,9 @@ def _student_specs(args: argparse.Namespace) -> list[StudentSpec]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from kandistill.distill.train.config import TrainConfig
+    from kandistill.distill.train.loop import train_students
+
     if args.cache is None:
         return _run_stages(args, ("train",))
     config = TrainConfig(hidden=args.hidden, grid=args.grid, refine_grid=args.refine_grid or None,
@@ -81,6 +96,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from kandistill.pipelines.demo import run_demo, run_real_demo
+
     demo = run_real_demo if args.real else run_demo
     result = demo(Path(args.out), quick=args.quick, progress=not args.quiet)
     print(f"Demo finished in {result.seconds:.0f} s.")
@@ -92,6 +109,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from kandistill.distill.extract.formula import rounded
+    from kandistill.pipelines.surrogate import Surrogate
+
     path = Path(args.path)
     if (path / "student.json").is_file():
         students = [Surrogate.from_folder(path)]
@@ -199,10 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train" and args.config is None and args.cache is None:
         parser.error("train: give a run CONFIG, or --cache DIR with --student/--labels")
     configure_logging(verbose=args.verbose, quiet=args.quiet)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
         with logging_redirect_tqdm():  # log lines above the progress bars, never inside one
             return args.handler(args)
-    except BAD_INPUT as err:
+    except Exception as err:
+        if not isinstance(err, bad_input_errors()):
+            raise
         print(f"kandistill {args.command}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -12,7 +12,6 @@ folder) run here too, so a bad config fails before any work.
 from __future__ import annotations
 
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat
 
 from kandistill.distill.discover.feynman import FeynmanTableError, feynman_equation
 from kandistill.distill.train.config import StudentSpec, TrainConfig
+from kandistill.pipelines.examples import example_configs, example_path
 from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
 from kandistill.teachers.names import InvalidNameError, check_slug
 from kandistill.teachers.schema import (
@@ -468,17 +468,11 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(data, str(path))
 
 
-def example_configs() -> list[str]:
-    """The names of the run configs that ship inside the package (``pipelines/configs/NAME.yaml``)."""
-    folder = resources.files("kandistill.pipelines").joinpath("configs")
-    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
-
-
 def read_config(ref: str | Path) -> RunConfig:
     """A run config from a file, or, where ``ref`` is no file but an example's name (`example_configs`: ``demo_loan``,
     ...), the example that ships inside the package, read with `importlib.resources` (an installed wheel has no
     ``pipelines/configs/`` folder beside the user)."""
     if not Path(ref).exists() and str(ref) in example_configs():
-        with resources.as_file(resources.files("kandistill.pipelines").joinpath("configs", f"{ref}.yaml")) as path:
+        with example_path(str(ref)) as path:
             return load_config(path)
     return load_config(ref)

@@ -18,15 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kandistill.distill.targets.cache import MANIFEST
 from kandistill.students.files import atomic_write_json
 from kandistill.teachers.base import process_state
 
 STAGES = ("targets", "train", "extract", "audit")
 RUN_MARKER = "kandistill-run.json"
-# What each stage writes into its folder: on a changed input, a stage deletes these and nothing else.
+# What the train stage writes into its folder: on a changed input, it deletes these and nothing else.
 TRAIN_OUTPUTS = ("students", "checkpoints", "fidelity.json")
-CACHE_OUTPUTS = (MANIFEST, "shards", "dataset")
 
 
 class RunFolderError(ValueError):

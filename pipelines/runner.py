@@ -24,6 +24,7 @@ from kandistill.distill.discover.search import DiscoverConfig, discover_formula
 from kandistill.distill.extract.components import ComponentConfig, decompose_student
 from kandistill.distill.extract.formula import evaluate, to_tree
 from kandistill.distill.targets.cache import (
+    MANIFEST,
     CacheError,
     SoftTargetCache,
     generate_targets,
@@ -36,7 +37,6 @@ from kandistill.distill.train.metrics import label_fidelity, r2_score, scalar_fi
 from kandistill.pipelines.config import RunConfig
 from kandistill.pipelines.report import stage_audit
 from kandistill.pipelines.run_folder import (
-    CACHE_OUTPUTS,
     STAGES,
     TRAIN_OUTPUTS,
     RunFolder,
@@ -54,6 +54,8 @@ from kandistill.teachers.hashing import hash_json
 from kandistill.teachers.schema import CategoricalFeature
 
 logger = logging.getLogger(__name__)
+
+CACHE_OUTPUTS = (MANIFEST, "shards", "dataset")  # what the targets stage writes, deleted (alone) on a change
 
 
 def stage_targets(config: RunConfig, folder: RunFolder, progress: bool = True) -> SoftTargetCache:

@@ -3,19 +3,14 @@
 This package imports none of kandistill's other packages.
 """
 
-from kandistill.students.config import KANConfig
-from kandistill.students.kan import KAN, EdgeValues, smoothness_penalty, sparsity_penalty
-from kandistill.students.layer import KANLayer
-from kandistill.students.symbols import DEFAULT_SYMBOLS, Symbol, SymbolLibrary
+import lazy_loader
 
-__all__ = [
-    "DEFAULT_SYMBOLS",
-    "KAN",
-    "EdgeValues",
-    "KANConfig",
-    "KANLayer",
-    "Symbol",
-    "SymbolLibrary",
-    "smoothness_penalty",
-    "sparsity_penalty",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["KANConfig"],
+        "kan": ["KAN", "EdgeValues", "smoothness_penalty", "sparsity_penalty"],
+        "layer": ["KANLayer"],
+        "symbols": ["DEFAULT_SYMBOLS", "Symbol", "SymbolLibrary"],
+    },
+)

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
-
-import torch
-from accelerate import PartialState
+from typing import TYPE_CHECKING, Any
 
 from kandistill.teachers.hashing import hash_json
 from kandistill.teachers.schema import Batch, FeatureSchema
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import PartialState
 
 Progress = Callable[[int], object]  # told how many more rows are done: `tqdm.update`
 
 
 def process_state() -> PartialState:
-    """This process's accelerate state; without a GPU, a torchrun/``accelerate launch`` run uses gloo on CPUs."""
+    """This process's accelerate state; without a GPU, a torchrun/``accelerate launch`` run uses gloo on CPUs.
+
+    Imported here, not above: the interface and its errors load without torch (the command line's ``--help``).
+    """
+    import torch
+    from accelerate import PartialState
+
     return PartialState(cpu=not torch.cuda.is_available())
 
 

@@ -6,9 +6,10 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def hash_json(data: Any) -> str:
@@ -18,6 +19,8 @@ def hash_json(data: Any) -> str:
 
 def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
     """A hex digest of named tensors: names, dtypes, shapes and bytes, in name order."""
+    import torch  # here, so that the other hashes (and the command line's start) need no torch
+
     digest = hashlib.blake2b(digest_size=32)
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()

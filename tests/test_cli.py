@@ -1,6 +1,8 @@
 """The `kandistill` command: train from a cache, inspect, help, and exit codes."""
 
 import json
+import subprocess
+import sys
 
 import torch
 
@@ -33,3 +35,12 @@ def test_help_names_every_command():
     text = build_parser().format_help()
     for command in ("run", "targets", "train", "extract", "audit", "demo", "inspect"):
         assert command in text
+
+
+def test_the_help_loads_no_model_library():
+    """``kandistill --help`` imports what it needs to parse arguments, and no torch, transformers or datasets."""
+    heavy = "{'torch', 'transformers', 'datasets', 'accelerate', 'sympy'}"
+    code = ("import json, sys\nfrom kandistill.pipelines.cli import main\ntry:\n    main(['--help'])\n"
+            f"except SystemExit:\n    pass\nprint(json.dumps(sorted({heavy} & set(sys.modules))))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "usage: kandistill" in done.stdout and json.loads(done.stdout.splitlines()[-1]) == []
