@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
+from importlib.metadata import packages_distributions
 from pathlib import Path
+
+import pytest
 
 import kandistill
 
@@ -123,3 +127,26 @@ def test_the_readme_architecture_table_names_every_module():
                for path in sorted((ROOT / folder).rglob("*")) if path.suffix in (".py", ".sh")
                and path.name != "__init__.py" and f"`{path.name}`" not in rows[f"{folder}/"]]  # fmt: skip
     assert missing == []
+
+
+def test_every_third_party_import_of_the_library_is_declared():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
+    declared = {re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+    imported = set()
+    for folder in LIBRARY:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"kandistill", "__future__"}
+    distributions = packages_distributions()
+    undeclared = {name: distributions.get(name) for name in third_party
+                  if not {d.lower().replace("_", "-") for d in distributions.get(name, [name])} & declared}  # fmt: skip
+    assert undeclared == {}
