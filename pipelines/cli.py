@@ -22,32 +22,38 @@ if TYPE_CHECKING:
 EXIT_BAD_INPUT = 2
 
 
-def bad_input_errors() -> tuple[type[Exception], ...]:
-    """The errors that mean bad input (exit 2; the message names the field, file or value). Imported when a
-    command fails, as each command imports what it needs: ``kandistill --help`` loads no model library."""
-    from kandistill.distill.extract.formula import FormulaError
-    from kandistill.distill.targets.cache import CacheError
-    from kandistill.distill.targets.lock import FolderBusyError
-    from kandistill.distill.train.config import TrainError
-    from kandistill.pipelines.config import ConfigError
-    from kandistill.pipelines.run_folder import RunFolderError
-    from kandistill.pipelines.surrogate import SurrogateError
-    from kandistill.students.persistence import StudentFileError
-    from kandistill.teachers.base import TeacherError
-    from kandistill.teachers.names import InvalidNameError
-    from kandistill.teachers.schema import SchemaError
+# The errors that mean bad input (exit 2; each message names the field, file or value), by module: an error
+# can only come from a module that is loaded, so checking for one loads nothing (``--help`` loads no torch).
+BAD_INPUT = {
+    "kandistill.distill.extract.formula": "FormulaError",
+    "kandistill.distill.targets.cache": "CacheError",
+    "kandistill.distill.targets.lock": "FolderBusyError",
+    "kandistill.distill.train.config": "TrainError",
+    "kandistill.pipelines.config": "ConfigError",
+    "kandistill.pipelines.run_folder": "RunFolderError",
+    "kandistill.pipelines.surrogate": "SurrogateError",
+    "kandistill.students.persistence": "StudentFileError",
+    "kandistill.teachers.base": "TeacherError",
+    "kandistill.teachers.names": "InvalidNameError",
+    "kandistill.teachers.schema": "SchemaError",
+}
 
-    return (ConfigError, CacheError, TrainError, TeacherError, SchemaError, FormulaError, InvalidNameError,
-            RunFolderError, FolderBusyError, StudentFileError, SurrogateError, FileNotFoundError,
-            NotADirectoryError)  # fmt: skip
+
+def is_bad_input(error: Exception) -> bool:
+    if isinstance(error, FileNotFoundError | NotADirectoryError):
+        return True
+    return any(isinstance(error, getattr(sys.modules[module], name)) for module, name in BAD_INPUT.items()
+               if module in sys.modules)  # fmt: skip
 
 
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     from kandistill.pipelines.config import read_config
+
+    config = read_config(args.config)  # a bad config is reported before any model library loads
+    configure_library_logging(args.verbose)
     from kandistill.pipelines.render import find_chromium, print_pdf
     from kandistill.pipelines.runner import run
 
-    config = read_config(args.config)
     pdf = getattr(args, "pdf", False)
     if pdf:
         find_chromium()  # before any work: a missing browser is a clear error (exit 2)
@@ -78,11 +84,12 @@ def _student_specs(args: argparse.Namespace) -> list[StudentSpec]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.cache is None:
+        return _run_stages(args, ("train",))
     from kandistill.distill.train.config import TrainConfig
     from kandistill.distill.train.loop import train_students
 
-    if args.cache is None:
-        return _run_stages(args, ("train",))
+    configure_library_logging(args.verbose)
     config = TrainConfig(hidden=args.hidden, grid=args.grid, refine_grid=args.refine_grid or None,
                          optimizer=args.optimizer, steps=args.steps, seed=args.seed,
                          progress=not args.quiet)  # fmt: skip
@@ -98,6 +105,7 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from kandistill.pipelines.demo import run_demo, run_real_demo
 
+    configure_library_logging(args.verbose)
     demo = run_real_demo if args.real else run_demo
     result = demo(Path(args.out), quick=args.quick, progress=not args.quiet)
     print(f"Demo finished in {result.seconds:.0f} s.")
@@ -140,13 +148,18 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Each stage's start, progress bars and result by default, on stderr; ``quiet``: errors only (the findings
-    still go to stdout); ``verbose``: details, and the logs and progress bars of transformers and datasets too."""
-    import datasets
-    import transformers
-
+    still go to stdout); ``verbose``: details, and the logs and progress bars of transformers and datasets too
+    (`configure_library_logging`, which the commands that load them call)."""
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(message)s")
     logging.getLogger("kandistill").setLevel(level)
+
+
+def configure_library_logging(verbose: bool) -> None:
+    """transformers' and datasets' logs and progress bars: shown with ``-v``, else their bars are off."""
+    import datasets
+    import transformers
+
     if verbose:
         transformers.utils.logging.set_verbosity_info()
         datasets.utils.logging.set_verbosity_info()
@@ -225,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         with logging_redirect_tqdm():  # log lines above the progress bars, never inside one
             return args.handler(args)
     except Exception as err:
-        if not isinstance(err, bad_input_errors()):
+        if not is_bad_input(err):
             raise
         print(f"kandistill {args.command}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -21,7 +21,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat
 from kandistill.distill.discover.feynman import FeynmanTableError, feynman_equation
 from kandistill.distill.train.config import StudentSpec, TrainConfig
 from kandistill.pipelines.examples import example_configs, example_path
-from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
 from kandistill.teachers.names import InvalidNameError, check_slug
 from kandistill.teachers.schema import (
     MAX_FEATURES,
@@ -31,6 +30,7 @@ from kandistill.teachers.schema import (
     FeatureSchema,
     SchemaError,
 )
+from kandistill.teachers.tasks import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, diabetes_schema
 from kandistill.teachers.template import MAX_TEMPLATE_CHARS, MAX_TEMPLATES, TEMPLATE_FEATURE, Template, Templates
 
 MAX_CONFIG_BYTES = 1_000_000

@@ -16,11 +16,12 @@ from kandistill.pipelines.run_folder import RunFolder, clear, main_process_first
 from kandistill.students.files import atomic_write_json
 from kandistill.teachers.base import Teacher, TeacherError
 from kandistill.teachers.causal_lm import CausalLMTeacher
-from kandistill.teachers.embedded import LoanRule, build_loan_llama, diabetes_teacher
+from kandistill.teachers.embedded import build_loan_llama, diabetes_teacher
 from kandistill.teachers.encoder import EncoderTeacher
 from kandistill.teachers.gguf import packaged_gguf
 from kandistill.teachers.hashing import hash_json
 from kandistill.teachers.mlp import MLPTeacher
+from kandistill.teachers.tasks import LoanRule
 from kandistill.teachers.template import Template
 
 logger = logging.getLogger(__name__)

@@ -53,15 +53,9 @@ from kandistill.distill.train.loop import split_rows, target_matrix, train_stude
 from kandistill.distill.train.metrics import r2_score
 from kandistill.students.scaling import scale_inputs
 from kandistill.teachers.causal_lm import CausalLMTeacher
-from kandistill.teachers.embedded import (
-    LOAN_LABELS,
-    LOAN_SCHEMA,
-    LOAN_TEMPLATE,
-    LoanRule,
-    build_loan_llama,
-    diabetes_teacher,
-)
+from kandistill.teachers.embedded import build_loan_llama, diabetes_teacher
 from kandistill.teachers.mlp import MLP, MLPTeacher
+from kandistill.teachers.tasks import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, LoanRule
 
 RECIPE = TrainConfig(hidden=[16, 16], grid=3, refine_grid=None, optimizer="adam", steps=600, members=4,
                      schedule="cosine", polish_steps=20, grid_uniform_fraction=1.0, grid_margin=0.1,

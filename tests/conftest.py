@@ -31,7 +31,8 @@ def loan_llama(tmp_path_factory) -> Path:
     """The embedded loan Llama with a planted protected-attribute effect, trained once per session."""
     import torch
 
-    from kandistill.teachers.embedded import LoanRule, build_loan_llama
+    from kandistill.teachers.embedded import build_loan_llama
+    from kandistill.teachers.tasks import LoanRule
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,12 +1,14 @@
 """The `kandistill` command: train from a cache, inspect, help, and exit codes."""
 
+import importlib
 import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from kandistill.pipelines.cli import build_parser, main
+from kandistill.pipelines.cli import BAD_INPUT, build_parser, main
 
 
 def test_train_from_a_cache_then_inspect(tmp_path, capsys):
@@ -37,10 +39,21 @@ def test_help_names_every_command():
         assert command in text
 
 
-def test_the_help_loads_no_model_library():
-    """``kandistill --help`` imports what it needs to parse arguments, and no torch, transformers or datasets."""
-    heavy = "{'torch', 'transformers', 'datasets', 'accelerate', 'sympy'}"
-    code = ("import json, sys\nfrom kandistill.pipelines.cli import main\ntry:\n    main(['--help'])\n"
-            f"except SystemExit:\n    pass\nprint(json.dumps(sorted({heavy} & set(sys.modules))))")  # fmt: skip
+@pytest.mark.parametrize("argv", [["--help"], ["run", "BAD"]])
+def test_help_and_a_bad_config_load_no_model_library(argv, tmp_path):
+    """``kandistill --help``, and a config with an unknown key (exit 2), import no torch, transformers or datasets."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: {kind: feynman_mlp, colour: red}\nstudents: [{name: s, targets: [t]}]\n")
+    argv = [str(bad) if a == "BAD" else a for a in argv]
+    heavy = "{'torch', 'transformers', 'datasets', 'accelerate'}"
+    code = ("import json, sys\nfrom kandistill.pipelines.cli import main\ntry:\n    code = main(%r)\n"
+            "except SystemExit as exit:\n    code = exit.code\n"
+            f"print(json.dumps([code, sorted({heavy} & set(sys.modules))]))") % argv  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "usage: kandistill" in done.stdout and json.loads(done.stdout.splitlines()[-1]) == []
+    assert json.loads(done.stdout.splitlines()[-1]) == [0 if argv == ["--help"] else 2, []]
+    assert "usage: kandistill" in done.stdout if argv == ["--help"] else "teacher.colour" in done.stderr
+
+
+def test_every_bad_input_error_is_where_the_cli_looks_for_it():
+    for module, name in BAD_INPUT.items():
+        assert issubclass(getattr(importlib.import_module(module), name), Exception), (module, name)

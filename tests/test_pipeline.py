@@ -23,7 +23,7 @@ from kandistill.pipelines.config import ConfigError, example_configs, parse_conf
 from kandistill.pipelines.demo import quick_config
 from kandistill.pipelines.runner import run
 from kandistill.pipelines.surrogate import Surrogate
-from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
+from kandistill.teachers.tasks import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {

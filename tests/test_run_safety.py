@@ -127,7 +127,7 @@ def test_package_paths_are_limited_to_known_model_packages():
 
 
 def test_trust_remote_code_is_announced_with_the_files_that_will_run(loan_llama, tmp_path, caplog):
-    from kandistill.teachers.embedded import LOAN_TEMPLATE
+    from kandistill.teachers.tasks import LOAN_TEMPLATE
 
     folder = tmp_path / "model"
     folder.mkdir()

@@ -17,9 +17,9 @@ import torch
 from kandistill.distill.targets.cache import CacheError, SoftTargetCache, generate_targets, read_inputs, sample_inputs
 from kandistill.distill.targets.lock import FolderBusyError, folder_lock, remove_dead_temporaries
 from kandistill.teachers.causal_lm import CausalLMTeacher
-from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
 from kandistill.teachers.mlp import MLP, MLPTeacher
 from kandistill.teachers.schema import SchemaError
+from kandistill.teachers.tasks import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
 
 sys.path.insert(0, str(Path(__file__).parent))
 from targets_worker import ROWS, SCHEMA, SHARD_SIZE, teacher

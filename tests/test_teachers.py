@@ -7,16 +7,10 @@ import torch
 from kandistill.distill.discover.feynman import FeynmanTableError, feynman_teacher
 from kandistill.teachers.base import TeacherError
 from kandistill.teachers.causal_lm import CausalLMTeacher
-from kandistill.teachers.embedded import (
-    LOAN_LABELS,
-    LOAN_SCHEMA,
-    LOAN_TEMPLATE,
-    LoanRule,
-    diabetes_teacher,
-    sample_uniform,
-)
+from kandistill.teachers.embedded import diabetes_teacher, sample_uniform
 from kandistill.teachers.mlp import MLP, MLPTeacher
 from kandistill.teachers.schema import CategoricalFeature, FeatureSchema, NumericFeature, SchemaError
+from kandistill.teachers.tasks import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE, LoanRule
 
 SCHEMA = FeatureSchema((NumericFeature("x", -1, 1), NumericFeature("n", 0, 10, integer=True),
                         CategoricalFeature("c", ("a", "b", "c"))))  # fmt: skip

@@ -22,9 +22,9 @@ from kandistill.distill.train.config import StudentSpec, TrainConfig, TrainError
 from kandistill.distill.train.loop import train_students
 from kandistill.students import KAN
 from kandistill.teachers.causal_lm import CausalLMTeacher
-from kandistill.teachers.embedded import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
 from kandistill.teachers.mlp import MLP, MLPTeacher
 from kandistill.teachers.schema import FeatureSchema, NumericFeature
+from kandistill.teachers.tasks import LOAN_LABELS, LOAN_SCHEMA, LOAN_TEMPLATE
 
 WORKER = Path(__file__).parent / "train_worker.py"
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,9 +2,13 @@
 teacher, the recursion that splits a problem and solves its parts (`discover_with_teacher`), and the AI
 Feynman equations (a few ship in ``data/``; the whole table is read from a path)."""
 
-from kandistill.distill.discover.feynman import feynman_equation, feynman_teacher, is_recovered, read_feynman_csv
-from kandistill.distill.discover.recursive import TeacherDiscoverConfig, discover_with_teacher
-from kandistill.distill.discover.search import DiscoverConfig, Discovery, discover_formula
+import lazy_loader
 
-__all__ = ["DiscoverConfig", "Discovery", "TeacherDiscoverConfig", "discover_formula", "discover_with_teacher",
-           "feynman_equation", "feynman_teacher", "is_recovered", "read_feynman_csv"]  # fmt: skip
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "feynman": ["feynman_equation", "feynman_teacher", "is_recovered", "read_feynman_csv"],
+        "recursive": ["TeacherDiscoverConfig", "discover_with_teacher"],
+        "search": ["DiscoverConfig", "Discovery", "discover_formula"],
+    },
+)

@@ -15,15 +15,19 @@ import io
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sympy
-import torch
 
 from kandistill.distill.extract.canonical import equivalent_up_to_constant
 from kandistill.distill.extract.formula import evaluate, parse_formula
-from kandistill.teachers.mlp import MLPTeacher, train_mlp
 from kandistill.teachers.schema import FeatureSchema, NumericFeature
+
+if TYPE_CHECKING:
+    import torch
+
+    from kandistill.teachers.mlp import MLPTeacher
 
 EXAMPLES = "feynman_examples.csv"  # in the package's data folder
 
@@ -51,6 +55,8 @@ class FeynmanEquation:
         rng = np.random.default_rng(seed)
         x = np.column_stack([rng.uniform(lo, hi, n) for lo, hi in self.ranges])
         y = evaluate(self.expression(), self.variables, x)
+        import torch  # here, so that reading the table (a run config's check) needs no torch
+
         return torch.from_numpy(x).float(), torch.from_numpy(y.copy()).float()
 
 
@@ -125,6 +131,8 @@ def feynman_teacher(name: str = "I.12.1", path: str | Path | None = None, *, sam
                     polish_steps: int = 0, progress: bool = False) -> MLPTeacher:  # fmt: skip
     """An MLP teacher trained on ``samples`` draws of one Feynman equation (default I.12.1, F = mu N_n);
     see `train_mlp` for ``polish_steps``."""
+    from kandistill.teachers.mlp import MLPTeacher, train_mlp
+
     equation = feynman_equation(name, path)
     x, y = equation.sample(samples, seed)
     schema = equation.schema()

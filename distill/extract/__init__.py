@@ -2,9 +2,13 @@
 `snap_constants`), formulas as allow-listed JSON trees evaluated without generating code (`to_tree`,
 `evaluate`), canonical forms, and a student read as named components (`decompose_student`)."""
 
-from kandistill.distill.extract.components import ComponentConfig, ComponentModel, decompose_student
-from kandistill.distill.extract.edges import Extraction, auto_symbolic, extract_formula, snap_constants
-from kandistill.distill.extract.formula import FormulaError, evaluate, parse_formula, to_tree
+import lazy_loader
 
-__all__ = ["ComponentConfig", "ComponentModel", "Extraction", "FormulaError", "auto_symbolic", "decompose_student",
-           "evaluate", "extract_formula", "parse_formula", "snap_constants", "to_tree"]  # fmt: skip
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "components": ["ComponentConfig", "ComponentModel", "decompose_student"],
+        "edges": ["Extraction", "auto_symbolic", "extract_formula", "snap_constants"],
+        "formula": ["FormulaError", "evaluate", "parse_formula", "to_tree"],
+    },
+)

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kandistill.distill.train.losses import DEFAULT_LOSS, LOSSES
 from kandistill.teachers.names import InvalidNameError, check_slug
+
+LOSSES = {"scalar": ("mse",), "labels": ("mse_logodds", "kl", "soft_ce")}  # the losses each kind of student takes
+DEFAULT_LOSS = {"scalar": "mse", "labels": "mse_logodds"}
 
 
 class TrainError(ValueError):

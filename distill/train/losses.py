@@ -11,9 +11,6 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-LOSSES = {"scalar": ("mse",), "labels": ("mse_logodds", "kl", "soft_ce")}
-DEFAULT_LOSS = {"scalar": "mse", "labels": "mse_logodds"}
-
 
 def label_logprobs(log_odds: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``(..., n - 1)`` log-odds against the last label -> ``(..., n)`` log-probabilities at ``temperature``."""
